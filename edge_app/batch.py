@@ -1,0 +1,164 @@
+"""Classifying many image files: discovery, worker processes, ordered records.
+
+Each worker process owns one interpreter (the runtime is not shareable across
+processes); results come back in input order. A record is exactly one of
+``{"path", "ok": true, "top", "inference_ms"}`` or ``{"path", "ok": false, "error"}``.
+"""
+
+from __future__ import annotations
+
+import glob
+import multiprocessing
+import os
+import signal
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_app.decode import IMAGE_SUFFIXES, decode_image
+from edge_app.errors import EdgeAppError
+from edge_app.runtime import default_threads
+
+GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input to account for: a path to classify, or a problem found while listing."""
+
+    path: str
+    error: str | None = None
+
+
+def discover(paths: Iterable[str], recursive: bool = True) -> tuple[list[Item], int]:
+    """Expand files, folders and globs into items, in a stable order.
+
+    Returns (items, skipped) where skipped counts files in folders whose suffix is not
+    an image type. Explicitly named files are always included, whatever their suffix.
+    """
+    items: list[Item] = []
+    skipped = 0
+    for arg in paths:
+        if not os.path.lexists(arg) and GLOB_CHARS & set(arg):
+            matches = sorted(glob.glob(arg, recursive=True))
+            if not matches:
+                items.append(Item(arg, "no files match this pattern"))
+            for match in matches:
+                if os.path.isdir(match):
+                    found, n = _walk(match, recursive)
+                    items += found
+                    skipped += n
+                else:
+                    items.append(Item(match))
+        elif os.path.isdir(arg):
+            found, n = _walk(arg, recursive)
+            items += found
+            skipped += n
+        else:
+            items.append(Item(arg))  # missing/unreadable files get their error when read
+    return items, skipped
+
+
+def _walk(root: str, recursive: bool) -> tuple[list[Item], int]:
+    items: list[Item] = []
+    skipped = 0
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs.sort()
+        for name in list(dirs):
+            full = os.path.join(folder, name)
+            if os.path.islink(full):  # not followed: report loops so nothing is silent
+                target = os.path.realpath(full)
+                here = os.path.realpath(folder)
+                if here == target or here.startswith(target + os.sep):
+                    items.append(Item(full, "symlink loop (points to a folder above it)"))
+        if not recursive:
+            dirs.clear()
+        for name in sorted(files):
+            full = os.path.join(folder, name)
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                items.append(Item(full))
+            elif os.path.islink(full) and not os.path.exists(full):
+                items.append(Item(full))  # broken link or loop: reported when read
+            else:
+                skipped += 1
+    return items, skipped
+
+
+# -- per-process classification ------------------------------------------------------------
+_worker: dict = {}
+
+
+def _init_worker(classifier_kwargs: dict, decode_kwargs: dict) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    from edge_app.classifier import Classifier
+
+    try:
+        _worker["classifier"] = Classifier(**classifier_kwargs)
+    except EdgeAppError as exc:
+        _worker["error"] = f"worker could not load the model: {exc.message}"
+    _worker["decode"] = decode_kwargs
+
+
+def classify_item(item: Item, classifier=None, decode_kwargs: dict | None = None) -> dict:
+    if item.error:
+        return {"path": item.path, "ok": False, "error": item.error}
+    classifier = classifier or _worker.get("classifier")
+    if classifier is None:
+        return {"path": item.path, "ok": False, "error": _worker.get("error", "no model")}
+    decode_kwargs = decode_kwargs if decode_kwargs is not None else _worker.get("decode", {})
+    try:
+        decoded = decode_image(
+            item.path, model_size=classifier.input_size, crop=classifier.crop, **decode_kwargs
+        )
+        result = classifier.classify(decoded.image)
+    except EdgeAppError as exc:
+        return {"path": item.path, "ok": False, "error": exc.message}
+    except Exception as exc:  # noqa: BLE001 - one bad file must not end the run
+        return {"path": item.path, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    return {
+        "path": item.path,
+        "ok": True,
+        "top": [p.to_json() for p in result.top],
+        "inference_ms": round(result.inference_ms, 2),
+    }
+
+
+def plan_workers(workers: int | None, threads: int | None) -> tuple[int, int]:
+    """(workers, threads per worker): by default one worker per core, one thread each."""
+    cores = default_threads()
+    if workers is None:
+        workers = max(1, cores // threads) if threads else cores
+    if threads is None:
+        threads = max(1, cores // workers)
+    return workers, threads
+
+
+def run_batch(
+    items: list[Item],
+    classifier_kwargs: dict,
+    workers: int,
+    decode_kwargs: dict | None = None,
+    classifier=None,
+) -> Iterator[dict]:
+    """Yield one record per item, in order. ``classifier`` is used when workers == 1."""
+    decode_kwargs = decode_kwargs or {}
+    if workers <= 1 or len(items) <= 1:
+        if classifier is None:
+            from edge_app.classifier import Classifier
+
+            classifier = Classifier(**classifier_kwargs)
+        for item in items:
+            yield classify_item(item, classifier, decode_kwargs)
+        return
+    # fork: workers inherit the imported modules, so they start in milliseconds. The
+    # parent holds no interpreter threads at this point (see the caller).
+    context = multiprocessing.get_context("fork")
+    pool = context.Pool(workers, _init_worker, (classifier_kwargs, decode_kwargs))
+    try:
+        yield from pool.imap(classify_item, items, chunksize=2)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()

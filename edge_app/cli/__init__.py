@@ -1,0 +1,78 @@
+"""The ``edge-app`` command line: thin click commands over the library.
+
+Subcommands are imported only when used (click's lazy-group pattern), so
+``edge-app models list`` does not pay for OpenCV or MQTT imports and start-up stays fast
+on a Pi's slow storage.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from edge_app import __version__
+from edge_app.errors import EdgeAppError
+
+# command name -> "module:attribute"
+COMMANDS = {
+    "classify": "edge_app.cli.classify_cmd:classify",
+    "eval": "edge_app.cli.eval_cmd:eval_command",
+    "bench": "edge_app.cli.bench_cmd:bench",
+    "models": "edge_app.cli.models_cmd:models",
+    "run": "edge_app.cli.run_cmd:run",
+    "serve": "edge_app.cli.serve_cmd:serve",
+    "config": "edge_app.cli.config_cmd:config",
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports each subcommand on first use and turns user errors into
+    one readable line and the error's exit code."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, cmd_name):
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EdgeAppError as exc:
+            click.echo(f"edge-app: error: {exc.message}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("edge-app: interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edge-app")
+@click.option("-v", "--verbose", count=True, help="More log detail (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+def cli(verbose: int, quiet: bool) -> None:
+    """Classify camera frames, videos and image folders on a Raspberry Pi with an int8
+    MobileNet V1 (TFLite, XNNPACK).
+
+    \b
+    Live:     edge-app run                      (camera, video file or URL, with overlay)
+    Service:  edge-app serve --config FILE      (web view, JSON API, MQTT; for systemd)
+    Folders:  edge-app classify PHOTOS/ --output results.jsonl
+    Models:   edge-app models list | info | fetch
+    """
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(
+        level=level, format="edge-app: %(levelname)s: %(message)s", stream=sys.stderr
+    )
+
+
+def main() -> None:
+    cli(prog_name="edge-app")

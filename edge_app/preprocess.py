@@ -1,0 +1,115 @@
+"""The one preprocessing path for every mode (stills, video, camera).
+
+BGR frame -> crop (central 87.5 %, square, or none) -> resize with OpenCV -> RGB -> the
+model's input dtype, written straight into the interpreter's input buffer: no float
+round trip for quantized models and no intermediate arrays beyond the resize itself.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from edge_app.errors import ConfigError
+
+CROP_CHOICES = ("central", "square", "none")
+CENTRAL_FRACTION = 0.875  # the standard ImageNet evaluation crop
+
+
+def crop_box(
+    height: int, width: int, policy: str, target_aspect: float = 1.0
+) -> tuple[int, int, int, int]:
+    """(top, left, crop_height, crop_width) of the region the model sees.
+
+    ``target_aspect`` is the model's width/height; the crop keeps it so nothing is
+    stretched. ``central`` is 87.5 % of the largest centred box of that aspect.
+    """
+    if policy == "none":
+        return 0, 0, height, width
+    if policy not in CROP_CHOICES:
+        raise ConfigError(f"unknown crop {policy!r}; choose one of {', '.join(CROP_CHOICES)}")
+    if width / height > target_aspect:
+        box_h, box_w = height, height * target_aspect
+    else:
+        box_h, box_w = width / target_aspect, width
+    if policy == "central":
+        box_h, box_w = box_h * CENTRAL_FRACTION, box_w * CENTRAL_FRACTION
+    crop_h = max(1, int(round(box_h)))
+    crop_w = max(1, int(round(box_w)))
+    top = (height - crop_h) // 2
+    left = (width - crop_w) // 2
+    return top, left, crop_h, crop_w
+
+
+def crop_covers(height: int, width: int, policy: str, size: tuple[int, int]) -> bool:
+    """True when the crop of an image this big still has at least the model's pixels."""
+    model_h, model_w = size
+    _, _, crop_h, crop_w = crop_box(height, width, policy, model_w / model_h)
+    return crop_h >= model_h and crop_w >= model_w
+
+
+class Preprocessor:
+    """Writes a BGR frame into a model input buffer of shape (H, W, 3)."""
+
+    def __init__(
+        self,
+        size: tuple[int, int],
+        dtype,
+        crop: str = "central",
+        mean=(127.5, 127.5, 127.5),
+        std=(127.5, 127.5, 127.5),
+    ):
+        if crop not in CROP_CHOICES:
+            raise ConfigError(f"unknown crop {crop!r}; choose one of {', '.join(CROP_CHOICES)}")
+        self.height, self.width = size
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.uint8, np.int8, np.float32):
+            raise ConfigError(f"unsupported model input type {self.dtype.name}")
+        self.crop = crop
+        self._mean = np.asarray(mean, np.float32)
+        self._inv_std = (1.0 / np.asarray(std, np.float32)).astype(np.float32)
+        self._rgb_scratch = (
+            np.empty((self.height, self.width, 3), np.uint8) if self.dtype == np.float32 else None
+        )
+
+    def region(self, frame: np.ndarray, crop: str | None = None) -> np.ndarray:
+        """The cropped view (no copy) of ``frame`` that the model sees."""
+        h, w = frame.shape[:2]
+        top, left, ch, cw = crop_box(h, w, crop or self.crop, self.width / self.height)
+        return frame[top : top + ch, left : left + cw]
+
+    def __call__(self, frame: np.ndarray, out: np.ndarray, crop: str | None = None) -> None:
+        """Fill ``out`` (H, W, 3) of the model's dtype from the BGR ``frame``."""
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"expected a BGR uint8 frame (H, W, 3), got {frame.shape} {frame.dtype}")
+        region = self.region(frame, crop)
+        rh, rw = region.shape[:2]
+        shrinking = rh >= self.height and rw >= self.width
+        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        if self.dtype == np.float32:
+            rgb = self._rgb_scratch
+            self._resize_rgb(region, rgb, interpolation)
+            # (pixel - mean) / std straight into the float input buffer
+            np.subtract(rgb, self._mean, out=out, casting="unsafe")
+            np.multiply(out, self._inv_std, out=out)
+            return
+        # uint8 and int8: same bytes; int8 is pixel - 128, i.e. the top bit flipped.
+        target = out if self.dtype == np.uint8 else out.view(np.uint8)
+        self._resize_rgb(region, target, interpolation)
+        if self.dtype == np.int8:
+            np.bitwise_xor(target, 0x80, out=target)
+
+    def _resize_rgb(self, region: np.ndarray, dst: np.ndarray, interpolation: int) -> None:
+        if region.shape[0] == self.height and region.shape[1] == self.width:
+            cv2.cvtColor(region, cv2.COLOR_BGR2RGB, dst=dst)
+            return
+        # Resize the BGR crop into the buffer, then swap channels in place: the swap
+        # runs on the small model-sized image instead of the camera frame.
+        cv2.resize(region, (self.width, self.height), dst=dst, interpolation=interpolation)
+        cv2.cvtColor(dst, cv2.COLOR_BGR2RGB, dst=dst)
+
+    def to_model_array(self, frame: np.ndarray, crop: str | None = None) -> np.ndarray:
+        """A fresh (H, W, 3) array of the model's dtype, for tests and tools."""
+        out = np.empty((self.height, self.width, 3), self.dtype)
+        self(frame, out, crop)
+        return out
