@@ -112,9 +112,7 @@ def _jpeg_truncated(data: bytes) -> bool:
     return b"\xff\xd9" not in data[-4096:]
 
 
-def choose_reduction(
-    width: int, height: int, size: tuple[int, int] | None, crop: str
-) -> int:
+def choose_reduction(width: int, height: int, size: tuple[int, int] | None, crop: str) -> int:
     """Largest DCT scale (8, 4, 2) whose image still covers the model input after crop."""
     if size is None:
         return 1

@@ -122,7 +122,5 @@ def _float_normalization(model_bytes: bytes, path: Path):
         if len(std) == 1:
             std = list(std) * 3
         return tuple(float(m) for m in mean), tuple(float(s) for s in std), "metadata"
-    log.warning(
-        "%s has no normalization metadata; assuming (pixel - 127.5) / 127.5", path.name
-    )
+    log.warning("%s has no normalization metadata; assuming (pixel - 127.5) / 127.5", path.name)
     return (127.5,) * 3, (127.5,) * 3, "default"

@@ -81,7 +81,9 @@ class Preprocessor:
     def __call__(self, frame: np.ndarray, out: np.ndarray, crop: str | None = None) -> None:
         """Fill ``out`` (H, W, 3) of the model's dtype from the BGR ``frame``."""
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise ValueError(f"expected a BGR uint8 frame (H, W, 3), got {frame.shape} {frame.dtype}")
+            raise ValueError(
+                f"expected a BGR uint8 frame (H, W, 3), got {frame.shape} {frame.dtype}"
+            )
         region = self.region(frame, crop)
         rh, rw = region.shape[:2]
         shrinking = rh >= self.height and rw >= self.width

@@ -70,9 +70,10 @@ class TableWriter:
     def write(self, record: dict) -> None:
         if record["ok"]:
             shown = record["top"][: min(self.top_k, 3)]
-            text = "   ".join(
-                f"{p['score'] * 100:5.1f}% {p['label'].split(',')[0]}" for p in shown
-            ) or "(no prediction above threshold)"
+            text = (
+                "   ".join(f"{p['score'] * 100:5.1f}% {p['label'].split(',')[0]}" for p in shown)
+                or "(no prediction above threshold)"
+            )
             self.stream.write(f"{record['path']}  {text}  [{record['inference_ms']:.1f} ms]\n")
         else:
             self.stream.write(f"{record['path']}  FAILED: {record['error']}\n")

@@ -7,8 +7,11 @@ callers never branch on which one was found.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import sys
+import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -72,8 +75,9 @@ class Runtime:
         if not model_content or len(model_content) < 8 or model_content[4:8] != b"TFL3":
             raise ModelError(f"not a TFLite model (no TFL3 flatbuffer identifier): {where}")
         try:
-            interpreter = self.module.Interpreter(model_content=model_content, **kwargs)
-            interpreter.allocate_tensors()
+            with _native_info_filtered():
+                interpreter = self.module.Interpreter(model_content=model_content, **kwargs)
+                interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"cannot load model {where}: {first}") from exc
@@ -81,6 +85,36 @@ class Runtime:
 
     def describe(self) -> str:
         return f"{self.name} {self.version}"
+
+
+@contextlib.contextmanager
+def _native_info_filtered():
+    """Drop the runtime's native ``INFO: Created TensorFlow Lite XNNPACK delegate`` lines.
+
+    They are written by C++ straight to file descriptor 2, so Python's logging cannot
+    filter them; anything else written meanwhile is passed on unchanged.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [
+                line
+                for line in capture.read().splitlines(keepends=True)
+                if not line.startswith(b"INFO: ")
+            ]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def _version(dists: tuple[str, ...], module: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -13,21 +14,32 @@ from edge_app.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
 from edge_app.record_io import FORMATS, WRITERS, done_paths, fsync_close, open_output
 
 
-def prepare_classifier(classifier_kwargs: dict, workers: int | None, threads: int | None):
+@dataclass
+class BatchPlan:
+    classifier: object | None  # in-process classifier when workers == 1
+    classifier_kwargs: dict
+    workers: int
+    threads: int
+    labels: list[str]
+
+
+def prepare_classifier(classifier_kwargs: dict, workers: int | None) -> BatchPlan:
     """Validate the model once in this process (so a bad model is one line, exit 2) and
-    plan the workers. Returns (classifier for in-process use or None, kwargs, workers)."""
+    plan the worker processes."""
     from edge_app.batch import plan_workers
     from edge_app.classifier import Classifier, resolve_model_path
 
-    workers, threads = plan_workers(workers, threads)
+    workers, threads = plan_workers(workers, classifier_kwargs.get("threads"))
     classifier_kwargs = dict(classifier_kwargs, threads=threads)
     classifier_kwargs["model"] = str(resolve_model_path(classifier_kwargs["model"]))
     if workers == 1:
-        return Classifier(**classifier_kwargs), classifier_kwargs, workers, threads
+        classifier = Classifier(**classifier_kwargs)
+        return BatchPlan(classifier, classifier_kwargs, workers, threads, classifier.labels)
     # One thread for the check: no interpreter thread pool exists when workers fork.
     probe = Classifier(**dict(classifier_kwargs, threads=1))
+    labels = probe.labels
     del probe
-    return None, classifier_kwargs, workers, threads
+    return BatchPlan(None, classifier_kwargs, workers, threads, labels)
 
 
 @click.command()
@@ -65,7 +77,11 @@ def prepare_classifier(classifier_kwargs: dict, workers: int | None, threads: in
     help="Decode JPEGs at full resolution (default: libjpeg's 1/2, 1/4, 1/8 scaling "
     "whenever the result still covers the model input).",
 )
-@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar on stderr (default: when stderr is a terminal).",
+)
 def classify(paths, recursive, workers, fmt, output, resume, full_decode, progress, **kwargs):
     """Classify image files, folders and globs (JPEG, PNG, BMP, WebP, TIFF).
 
@@ -96,11 +112,13 @@ def classify(paths, recursive, workers, fmt, output, resume, full_decode, progre
     already = done_paths(output, fmt) if resume and output else set()
     todo = [item for item in items if item.path not in already]
 
-    classifier, classifier_kwargs, workers, threads = prepare_classifier(
-        classifier_kwargs, kwargs.get("workers") or workers, classifier_kwargs.get("threads")
-    )
+    plan = prepare_classifier(classifier_kwargs, workers)
+    classifier, classifier_kwargs = plan.classifier, plan.classifier_kwargs
+    workers, threads = plan.workers, plan.threads
     stream, existing = open_output(output, resume)
-    writer = WRITERS[fmt](stream, classifier_kwargs["top_k"], **({"header": not existing} if fmt == "csv" else {}))
+    writer = WRITERS[fmt](
+        stream, classifier_kwargs["top_k"], **({"header": not existing} if fmt == "csv" else {})
+    )
 
     err = click.get_text_stream("stderr")
     if progress is None:

@@ -1,0 +1,51 @@
+# edge-app: two commands on a fresh clone —  make run  and  make test.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+APP    := $(VENV)/bin/edge-app
+SHARED ?= $(abspath ../shared)
+# Model files arrive through the project's fetcher; an offline folder of models
+# (EDGE_APP_MODEL_MIRROR) is read first. ../shared/models serves when it exists.
+EDGE_APP_MODEL_MIRROR ?= $(if $(wildcard $(SHARED)/models/SHA256SUMS),$(SHARED)/models,)
+export EDGE_APP_MODEL_MIRROR
+export EDGE_APP_SHARED ?= $(SHARED)
+SOURCE ?= auto
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint bench bench-quick test-arm clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[opencv,test]"
+	touch $@
+
+## install: create .venv with the project and its dependencies
+install: $(VENV)/.installed
+
+## run: install, fetch the default model, and start live classification (SOURCE=device|file|URL)
+run: install
+	$(APP) models fetch
+	$(APP) run --source "$(SOURCE)"
+
+## test: install (pip and apt test packages) and run the whole test suite
+test: install
+	bash scripts/install-test-deps.sh
+	$(VENV)/bin/ruff check edge_app tests benchmarks
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check edge_app tests benchmarks
+	$(VENV)/bin/ruff format --check edge_app tests benchmarks
+
+## bench: every benchmark, side by side in one run; writes docs/PERFORMANCE.md
+bench: install
+	$(APP) models fetch
+	$(PY) -m benchmarks.run_all --output docs/PERFORMANCE.md
+
+bench-quick: install
+	$(APP) models fetch
+	$(PY) -m benchmarks.run_all --quick --output docs/PERFORMANCE.md
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,84 @@
+"""The one preprocessing path: crop geometry, colour order, dtype mapping."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_app.preprocess import Preprocessor, crop_box, crop_covers
+
+pytestmark = pytest.mark.core
+
+
+def test_central_crop_is_87_5_percent_of_the_shorter_side_centred():
+    assert crop_box(480, 640, "central") == (30, 110, 420, 420)
+    assert crop_box(480, 640, "square") == (0, 80, 480, 480)
+    assert crop_box(480, 640, "none") == (0, 0, 480, 640)
+    # portrait photos crop the same way
+    assert crop_box(640, 480, "central") == (110, 30, 420, 420)
+
+
+def test_crop_keeps_a_non_square_model_aspect():
+    top, left, h, w = crop_box(1080, 1920, "square", target_aspect=2.0)
+    assert (h, w) == (960, 1920) and top == 60 and left == 0
+
+
+def test_crop_covers_tells_when_a_reduced_image_is_still_big_enough():
+    assert crop_covers(270, 480, "central", (224, 224))  # 1080p / 4: 236 px crop
+    assert not crop_covers(135, 240, "central", (224, 224))  # 1080p / 8
+
+
+@pytest.fixture(scope="module")
+def photo(test_images):
+    image = cv2.imread(str(test_images / "parrot.jpg"))
+    assert image is not None
+    return image
+
+
+def reference_rgb(frame: np.ndarray, crop: str = "central") -> np.ndarray:
+    top, left, h, w = crop_box(*frame.shape[:2], crop)
+    region = frame[top : top + h, left : left + w]
+    resized = cv2.resize(region, (224, 224), interpolation=cv2.INTER_AREA)
+    return resized[:, :, ::-1]
+
+
+@pytest.mark.parametrize("crop", ["central", "square", "none"])
+def test_uint8_input_is_the_rgb_crop_resized_with_area_interpolation(photo, crop):
+    out = Preprocessor((224, 224), np.uint8, crop).to_model_array(photo)
+    assert out.dtype == np.uint8 and out.shape == (224, 224, 3)
+    np.testing.assert_array_equal(out, reference_rgb(photo, crop))
+
+
+def test_int8_input_is_pixel_minus_128_exactly(photo):
+    as_uint8 = Preprocessor((224, 224), np.uint8).to_model_array(photo).astype(np.int16)
+    as_int8 = Preprocessor((224, 224), np.int8).to_model_array(photo)
+    assert as_int8.dtype == np.int8
+    np.testing.assert_array_equal(as_int8.astype(np.int16), as_uint8 - 128)
+
+
+def test_float_input_uses_the_given_normalisation(photo):
+    pre = Preprocessor((224, 224), np.float32, mean=(127.5,) * 3, std=(127.5,) * 3)
+    out = pre.to_model_array(photo)
+    expected = (reference_rgb(photo).astype(np.float32) - 127.5) / 127.5
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert -1.0 <= out.min() and out.max() <= 1.0
+
+
+def test_channels_reach_the_model_as_rgb():
+    blue_bgr = np.zeros((300, 400, 3), np.uint8)
+    blue_bgr[:, :, 0] = 255  # OpenCV frames are BGR: channel 0 is blue
+    out = Preprocessor((224, 224), np.uint8, "none").to_model_array(blue_bgr)
+    assert (out[:, :, 2] == 255).all() and (out[:, :, :2] == 0).all()
+
+
+def test_writes_straight_into_the_given_buffer(photo):
+    buffer = np.zeros((1, 224, 224, 3), np.int8)
+    Preprocessor((224, 224), np.int8)(photo, buffer[0])
+    assert buffer.any()  # the caller's memory (the interpreter input) was filled in place
+
+
+def test_small_frames_are_enlarged_not_refused():
+    tiny = np.full((60, 80, 3), 200, np.uint8)
+    out = Preprocessor((224, 224), np.uint8, "none").to_model_array(tiny)
+    assert out.shape == (224, 224, 3) and (out == 200).all()
