@@ -1,0 +1,359 @@
+"""Benchmarks of the classifier core: model invoke, our per-frame cost, folders,
+large photos, start-up and memory. Each function returns a dict of figures; the suite
+(benchmarks/run_all.py) runs them side by side and writes docs/PERFORMANCE.md.
+
+Ratios are measured in interleaved rounds (A, B, A, B, ...) so that load from other
+processes hits both sides alike; the spread of the per-round ratios is the noise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_app.benchmark import percentile
+from edge_app.classifier import Classifier
+from edge_app.runtime import default_threads
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("EDGE_APP_SHARED", ROOT.parent / "shared")).resolve()
+MODELS = SHARED / "models"
+CACHE = ROOT / ".cache" / "bench"
+MODEL_FILES = {
+    "int8": "mobilenet_v1_1.0_224_int8.tflite",
+    "uint8": "mobilenet_v1_1.0_224_quant.tflite",
+    "float": "mobilenet_v1_1.0_224_float.tflite",
+}
+
+
+def model_path(kind: str = "int8") -> Path:
+    return MODELS / MODEL_FILES[kind]
+
+
+def thread_counts() -> list[int]:
+    return sorted({1, 2, default_threads()})
+
+
+def spread(values: list[float]) -> float:
+    """Half the range of per-round values relative to their median: the noise."""
+    if len(values) < 2:
+        return 0.0
+    mid = float(np.median(values))
+    return (max(values) - min(values)) / 2 / mid if mid else 0.0
+
+
+def _invoke_samples(classifier: Classifier, n: int) -> list[float]:
+    return [classifier.invoke() for _ in range(n)]
+
+
+# -- 2. model -----------------------------------------------------------------------------
+def bench_models(quick: bool) -> dict:
+    rounds, per_round = (3, 15) if quick else (5, 40)
+    frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    configs = []
+    for kind in MODEL_FILES:
+        for threads in thread_counts():
+            for xnnpack in (True, False):
+                classifier = Classifier(model_path(kind), threads=threads, xnnpack=xnnpack)
+                classifier.preprocess(frame)
+                _invoke_samples(classifier, 3)
+                configs.append(
+                    {
+                        "model": kind,
+                        "threads": threads,
+                        "xnnpack": xnnpack,
+                        "clf": classifier,
+                        "samples": [],
+                        "round_medians": [],
+                    }
+                )
+    for _ in range(rounds):
+        for config in configs:
+            samples = _invoke_samples(config["clf"], per_round)
+            config["samples"] += samples
+            config["round_medians"].append(float(np.median(samples)))
+    rows = []
+    base = next(c for c in configs if c["model"] == "int8" and c["threads"] == 1 and c["xnnpack"])
+    for config in configs:
+        off = next(
+            c
+            for c in configs
+            if c["model"] == config["model"]
+            and c["threads"] == config["threads"]
+            and not c["xnnpack"]
+        )
+        ratios = [o / s for s, o in zip(config["round_medians"], off["round_medians"], strict=True)]
+        rows.append(
+            {
+                "model": config["model"],
+                "threads": config["threads"],
+                "xnnpack": config["xnnpack"],
+                "p50_ms": round(percentile(config["samples"], 50), 2),
+                "p90_ms": round(percentile(config["samples"], 90), 2),
+                "rate_per_s": round(1000 / float(np.median(config["samples"])), 1),
+                "speed_vs_int8_1thread": round(
+                    float(np.median(base["samples"])) / float(np.median(config["samples"])), 2
+                ),
+                "xnnpack_speedup": round(float(np.median(ratios)), 2)
+                if config["xnnpack"]
+                else None,
+                "xnnpack_speedup_noise": round(spread(ratios), 3) if config["xnnpack"] else None,
+            }
+        )
+    for config in configs:
+        del config["clf"]
+    return {"rows": rows, "rounds": rounds, "invokes_per_round": per_round}
+
+
+# -- 3. our per-frame cost ----------------------------------------------------------------
+def _time_ms(fn, repeats: int) -> float:
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    return float(np.median(samples))
+
+
+def bench_frame_cost(quick: bool) -> dict:
+    from edge_app.overlay import Overlay
+    from edge_app.results import LiveResult
+
+    repeats = 100 if quick else 400
+    classifier = Classifier(model_path("int8"))
+    photo = cv2.imread(str(SHARED / "images" / "test" / "cat_1080p.jpg"))
+    frames = {
+        "640x480": cv2.resize(photo[:, 240:1680], (640, 480), interpolation=cv2.INTER_AREA),
+        "1920x1080": photo,
+    }
+    classifier.preprocess(frames["640x480"])
+    invoke = float(np.median(_invoke_samples(classifier, 30 if quick else 100)))
+    classifier.invoke()
+    post = _time_ms(lambda: classifier.top(classifier.scores()), repeats)
+    result = classifier.classify(frames["640x480"])
+    live = LiveResult(
+        frame=1,
+        time=time.time(),
+        top=result.top,
+        inference_ms=invoke,
+        latency_ms=invoke + 3,
+        fps=100.0,
+        camera_fps=30.0,
+    )
+    overlay = Overlay(classifier.model_name, classifier.top_k)
+    rows = []
+    for size, frame in frames.items():
+        pre = _time_ms(lambda frame=frame: classifier.preprocess(frame), repeats)
+        canvas = frame.copy()
+        overlay.draw(canvas, live)  # the layout is cached per frame size, as in a live run
+        draw = _time_ms(lambda canvas=canvas: overlay.draw(canvas, live), repeats)
+        total = pre + post + draw
+        rows.append(
+            {
+                "frame": size,
+                "preprocess_ms": round(pre, 3),
+                "postprocess_ms": round(post, 3),
+                "overlay_ms": round(draw, 3),
+                "total_ms": round(total, 3),
+                "share_of_invoke": round(total / invoke, 3),
+            }
+        )
+    return {
+        "invoke_ms": round(invoke, 2),
+        "threads": classifier.threads,
+        "rows": rows,
+        "target_share": 0.10,
+    }
+
+
+# -- 5. folders -----------------------------------------------------------------------------
+def _classify_rate(args: list[str]) -> tuple[float, list[dict]]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_app", "classify", *args, "--format", "jsonl"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    match = re.search(r"done: (\d+) images, (\d+) failed, ([\d.]+) s", proc.stderr)
+    if not match:
+        raise RuntimeError(f"classify failed: {proc.stderr.strip()[-400:]}")
+    images, seconds = int(match.group(1)), float(match.group(3))
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    return images / seconds, rows
+
+
+def top1(rows: list[dict]) -> float:
+    correct = 0
+    for row in rows:
+        truth = Path(row["path"]).stem.split("_", 1)[1].replace("_", " ").lower()
+        if row["ok"] and row["top"][0]["label"].split(",")[0].strip().lower() == truth:
+            correct += 1
+    return 100.0 * correct / len(rows) if rows else 0.0
+
+
+def _sample_paths(quick: bool) -> list[str]:
+    files = sorted((SHARED / "images" / "imagenet-sample").iterdir())
+    return [str(p) for p in (files[::4] if quick else files)]
+
+
+def bench_folders(quick: bool) -> dict:
+    paths = _sample_paths(quick)
+    single = Classifier(model_path("int8"), threads=1)
+    single.preprocess(np.zeros((480, 640, 3), np.uint8))
+    single_rate = 1000 / float(np.median(_invoke_samples(single, 50)))
+    del single
+    rows = []
+    for workers in range(1, default_threads() + 1):
+        rate, records = _classify_rate(
+            [*paths, "-m", str(model_path()), "--workers", str(workers), "--threads", "1"]
+        )
+        ideal = workers * single_rate
+        rows.append(
+            {
+                "workers": workers,
+                "images": len(records),
+                "images_per_s": round(rate, 1),
+                "ideal_per_s": round(ideal, 1),
+                "ratio": round(rate / ideal, 3),
+                "top1": round(top1(records), 1),
+            }
+        )
+    return {"single_thread_invoke_per_s": round(single_rate, 1), "rows": rows, "target": 0.8}
+
+
+def make_large_photos(count: int) -> list[Path]:
+    """12 MP (4000x3000) JPEGs made from the sample photos, cached between runs."""
+    folder = CACHE / "12mp"
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = sorted((SHARED / "images" / "imagenet-sample").iterdir())
+    step = max(1, len(sources) // count)
+    out = []
+    for src in sources[::step][:count]:
+        dst = folder / (src.stem + ".jpg")
+        if not dst.exists():
+            image = cv2.imread(str(src))
+            big = cv2.resize(image, (4000, 3000), interpolation=cv2.INTER_CUBIC)
+            cv2.imwrite(str(dst), big, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        out.append(dst)
+    return out
+
+
+def bench_large_photos(quick: bool) -> dict:
+    photos = [str(p) for p in make_large_photos(60 if quick else 300)]
+    common = ["-m", str(model_path())]
+    reduced_rate, reduced_rows = _classify_rate([*photos, *common])
+    full_rate, full_rows = _classify_rate([*photos, *common, "--full-decode"])
+    differing = sum(
+        a["top"][0]["index"] != b["top"][0]["index"]
+        for a, b in zip(reduced_rows, full_rows, strict=True)
+        if a["ok"] and b["ok"]
+    )
+    return {
+        "images": len(photos),
+        "size": "4000x3000",
+        "reduced_per_s": round(reduced_rate, 2),
+        "full_per_s": round(full_rate, 2),
+        "speedup": round(reduced_rate / full_rate, 2),
+        "top1_reduced": round(top1(reduced_rows), 1),
+        "top1_full": round(top1(full_rows), 1),
+        "top1_changed_images": differing,
+        "target_speedup": 3.0,
+    }
+
+
+# -- 6. start-up and memory -----------------------------------------------------------------
+def _first_line_time(cmd: list[str]) -> tuple[float, int]:
+    """Seconds from start to the first stdout line, and the process's peak RSS (kB)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    first = proc.stdout.readline()
+    elapsed = time.perf_counter() - start
+    proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if not first:
+        raise RuntimeError(f"no output from {' '.join(cmd)}")
+    return elapsed, usage.ru_maxrss
+
+
+def bench_startup_memory(quick: bool) -> dict:
+    repeats = 3 if quick else 5
+    video = SHARED / "videos" / "demo_640x480.mp4"
+    photo = SHARED / "images" / "test" / "parrot.jpg"
+    app = [sys.executable, "-m", "edge_app"]
+    commands = {
+        "classify (1 photo, 1 worker)": [
+            *app,
+            "classify",
+            str(photo),
+            "-m",
+            str(model_path()),
+            "--workers",
+            "1",
+            "--format",
+            "jsonl",
+        ],
+        "run (video, headless, json)": [
+            *app,
+            "run",
+            "--source",
+            str(video),
+            "--headless",
+            "--json",
+            "-m",
+            str(model_path()),
+            "--max-frames",
+            "1",
+        ],
+    }
+    rows = []
+    for name, cmd in commands.items():
+        times = []
+        for _ in range(repeats):
+            elapsed, _ = _first_line_time(cmd)
+            times.append(elapsed)
+        rows.append({"command": name, "first_result_s": round(float(np.median(times)), 3)})
+    # Peak memory over a longer run (300 frames as fast as possible; classify workers
+    # over a 100-image folder, one worker = one process).
+    _, run_rss = _first_line_time(
+        [
+            *app,
+            "run",
+            "--source",
+            str(video),
+            "--headless",
+            "--json",
+            "--no-pace",
+            "-m",
+            str(model_path()),
+            "--max-frames",
+            "300",
+        ]
+    )
+    _, worker_rss = _first_line_time(
+        [
+            *app,
+            "classify",
+            *_sample_paths(True)[:100],
+            "-m",
+            str(model_path()),
+            "--workers",
+            "1",
+            "--format",
+            "jsonl",
+        ]
+    )
+    return {
+        "rows": rows,
+        "run_peak_rss_mb": round(run_rss / 1024, 1),
+        "classify_worker_peak_rss_mb": round(worker_rss / 1024, 1),
+        "targets": {"first_result_s": 1.0, "run_peak_rss_mb": 150},
+    }
