@@ -153,3 +153,23 @@ def test_bad_settings_are_config_errors(int8_model):
         Classifier(int8_model, crop="diagonal")
     with pytest.raises(ConfigError):
         Classifier(int8_model, top_k=0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ([1, 8], "input shape is \\[1, 8\\]"),
+        ([1, 32, 32, 3], "output shape is \\[1, 32, 32, 3\\]"),
+    ],
+)
+def test_a_model_that_is_not_a_classifier_is_refused(tmp_path, shape, message):
+    from tiny_models import add_model
+
+    path = tmp_path / "adder.tflite"
+    path.write_bytes(add_model(shape))
+    # it is a real, working TFLite model...
+    interpreter = select_runtime().make_interpreter(path, num_threads=1)
+    interpreter.invoke()
+    # ...but not an image classifier
+    with pytest.raises(ModelError, match=f"not an image classifier: adder.tflite {message}"):
+        Classifier(path, labels=None, threads=1)

@@ -155,11 +155,16 @@ def test_csv_and_table_formats(test_images, int8_model, tmp_path):
 
 
 def test_model_errors_are_one_line_and_exit_2(tmp_path, test_images, int8_model):
+    from tiny_models import add_model
+
     bad = tmp_path / "bad.tflite"
     bad.write_text("not a model")
+    adder = tmp_path / "adder.tflite"
+    adder.write_bytes(add_model([1, 8]))
     for args in (
         ["-m", tmp_path / "missing.tflite"],
         ["-m", bad],
+        ["-m", adder],
         ["-m", int8_model, "--labels", tmp_path / "none.txt"],
     ):
         result = edge_app("classify", test_images / "parrot.jpg", *args)
