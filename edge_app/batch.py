@@ -90,6 +90,9 @@ _worker: dict = {}
 
 def _init_worker(classifier_kwargs: dict, decode_kwargs: dict) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already; OpenCV's own pool would contend
     from edge_app.classifier import Classifier
 
     try:
