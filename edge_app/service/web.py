@@ -1,0 +1,334 @@
+"""The web view and JSON API, on the standard library's ThreadingHTTPServer.
+
+Why no web framework: the endpoints are few and fixed, the Pi has little memory, and a
+thread per client is cheap at the client counts a camera sees (bounded by
+``web.max_clients`` for the long-lived streams). Routes:
+
+  /                 the page: live picture, predictions and stats (edge_app/web/)
+  /stream.mjpg      MJPEG (multipart/x-mixed-replace), overlay burned in
+  /snapshot.jpg     one JPEG of the newest frame
+  /api/latest       the newest result, the same object as `edge-app run --json`
+  /api/stats        pipeline and service figures
+  /api/events       Server-Sent Events: ``result`` per new result, ``stats`` each second
+  /healthz          200 when frames are flowing, else 503 (no token needed)
+  /metrics          Prometheus text format
+
+With ``web.token`` set every route showing the camera or its results needs
+``Authorization: Bearer TOKEN`` or ``?token=TOKEN`` (the page passes on the one in its
+own URL); the page's static files and /healthz do not. The config refuses a non-loopback
+host without a token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import socket
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from urllib.parse import parse_qs, urlsplit
+
+from edge_app import __version__
+from edge_app.errors import ConfigError
+from edge_app.service.frames import lower_thread_priority
+from edge_app.service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+
+log = logging.getLogger(__name__)
+
+STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+BOUNDARY = "edgeappframe"
+WRITE_TIMEOUT_S = 10.0  # a client that takes no data this long is dropped
+STATS_EVERY_S = 1.0
+
+
+def load_static() -> dict[str, bytes]:
+    """The page's files, read once from the package (``edge_app/web/``)."""
+    folder = resources.files("edge_app") / "web"
+    return {name: (folder / name).read_bytes() for name, _ in set(STATIC.values())}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    app: WebServer
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class WebServer:
+    """Serves ``backend`` (the Service): feed, results, latest_json(), stats(),
+    metrics_text(), health()."""
+
+    def __init__(self, config, backend):
+        self.config = config
+        self.backend = backend
+        self.static = load_static()
+        self.closing = threading.Event()
+        self.streams = 0  # open MJPEG and event-stream clients
+        self._streams_lock = threading.Lock()
+        self.requests = 0
+        host = config.host
+        server_class = _Server6 if ":" in host else _Server
+        try:
+            self.httpd = server_class((host.strip("[]"), config.port), Handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"web: cannot listen on {host}:{config.port}: {exc.strerror or exc}"
+            ) from None
+        self.httpd.app = self
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="edge-app-web",
+            daemon=True,
+        )
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        host = f"[{host.strip('[]')}]" if ":" in host else host
+        return f"http://{host}:{self.port}/"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self.closing.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(1.0)
+
+    def open_stream(self) -> bool:
+        with self._streams_lock:
+            if self.streams >= self.config.max_clients:
+                return False
+            self.streams += 1
+            return True
+
+    def close_stream(self) -> None:
+        with self._streams_lock:
+            self.streams -= 1
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = f"edge-app/{__version__}"
+    protocol_version = "HTTP/1.0"  # one request per connection: streams end by closing
+    timeout = 30  # reading a request
+
+    @property
+    def app(self) -> WebServer:
+        return self.server.app
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base's name
+        log.debug("%s %s", self.address_string(), format % args)
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj) -> None:
+        body = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+        self._send(status, body, "application/json")
+
+    def _authorized(self, query: dict) -> bool:
+        token = self.app.config.token
+        if not token:
+            return True
+        given = ""
+        auth = self.headers.get("Authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        elif "token" in query:
+            given = query["token"][0]
+        return hmac.compare_digest(given.encode(), token.encode())
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        self.app.requests += 1
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query)
+        path = parts.path
+        try:
+            # The page's own files hold no data (and a browser fetches them without the
+            # token); everything that shows the camera or its results needs it.
+            public = path == "/healthz" or path in STATIC
+            if not public and not self._authorized(query):
+                body = b"401 unauthorized: send 'Authorization: Bearer TOKEN' or ?token=TOKEN\n"
+                self._send(
+                    HTTPStatus.UNAUTHORIZED,
+                    body,
+                    "text/plain; charset=utf-8",
+                    {"WWW-Authenticate": 'Bearer realm="edge-app"'},
+                )
+                return
+            route = ROUTES.get(path)
+            if route is not None:
+                route(self)
+            elif path in STATIC:
+                name, content_type = STATIC[path]
+                self._send(HTTPStatus.OK, self.app.static[name], content_type)
+            else:
+                self._send(HTTPStatus.NOT_FOUND, b"404 not found\n", "text/plain; charset=utf-8")
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass  # the client left
+
+    # -- routes --------------------------------------------------------------------------
+    def latest(self) -> None:
+        record = self.app.backend.latest_json()
+        if record is None:
+            stats = self.app.backend.stats()
+            self._json(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                {"error": "no result yet", "source_state": stats.get("source_state")},
+            )
+        else:
+            self._json(HTTPStatus.OK, record)
+
+    def stats(self) -> None:
+        self._json(HTTPStatus.OK, self.app.backend.stats())
+
+    def health(self) -> None:
+        ok, detail = self.app.backend.health()
+        self._json(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, detail)
+
+    def metrics(self) -> None:
+        body = self.app.backend.metrics_text().encode()
+        self._send(HTTPStatus.OK, body, METRICS_CONTENT_TYPE)
+
+    def snapshot(self) -> None:
+        jpeg = self.app.backend.feed.snapshot()
+        if jpeg is None:
+            self._send(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                b"no frame yet\n",
+                "text/plain; charset=utf-8",
+                {"Retry-After": "1"},
+            )
+        else:
+            self._send(HTTPStatus.OK, jpeg, "image/jpeg")
+
+    def _stream_headers(self, content_type: str) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Accel-Buffering", "no")  # proxies: do not buffer a live stream
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+    def _begin_stream(self) -> bool:
+        if not self.app.open_stream():
+            self._send(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                b"too many viewers\n",
+                "text/plain; charset=utf-8",
+                {"Retry-After": "5"},
+            )
+            return False
+        lower_thread_priority()
+        self.connection.settimeout(WRITE_TIMEOUT_S)
+        return True
+
+    def mjpeg(self) -> None:
+        if not self._begin_stream():
+            return
+        try:
+            feed = self.app.backend.feed
+            self._stream_headers(f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+            if self.command == "HEAD":
+                return
+            with feed.watching():
+                seq = feed.start_seq()
+                while not self.app.closing.is_set() and not feed.closed:
+                    new_seq, jpeg = feed.wait_next(seq, 1.0)
+                    if new_seq == seq or jpeg is None:
+                        continue
+                    seq = new_seq
+                    self.wfile.write(
+                        f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                        f"Content-Length: {len(jpeg)}\r\n\r\n".encode()
+                        + jpeg
+                        + b"\r\n"
+                    )
+                    self.wfile.flush()
+        finally:
+            self.app.close_stream()
+
+    def events(self) -> None:
+        if not self._begin_stream():
+            return
+        try:
+            backend = self.app.backend
+            self._stream_headers("text/event-stream; charset=utf-8")
+            if self.command == "HEAD":
+                return
+            self.wfile.write(b"retry: 2000\n\n")
+            seq, last_stats, last_sent = -1, 0.0, 0.0
+            while not self.app.closing.is_set():
+                new_seq, result = backend.results.wait_newer(seq, STATS_EVERY_S)
+                if self.app.closing.is_set():
+                    break
+                now = time.monotonic()
+                chunks = []
+                if new_seq != seq:
+                    seq = new_seq
+                    if result is not None:
+                        chunks.append(_event("result", result.to_json()))
+                if now - last_stats >= STATS_EVERY_S:
+                    last_stats = now
+                    chunks.append(_event("stats", backend.stats()))
+                if chunks:
+                    self.wfile.write(b"".join(chunks))
+                    self.wfile.flush()
+                    last_sent = now
+                elif now - last_sent >= 15.0:
+                    self.wfile.write(b": keep-alive\n\n")
+                    self.wfile.flush()
+                    last_sent = now
+                # At most max_fps result events: a fast pipeline does not flood browsers.
+                pause = 1.0 / self.app.config.max_fps - (time.monotonic() - now)
+                if pause > 0:
+                    self.app.closing.wait(pause)
+        finally:
+            self.app.close_stream()
+
+
+def _event(name: str, obj) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(obj, separators=(',', ':'))}\n\n".encode()
+
+
+ROUTES = {
+    "/stream.mjpg": Handler.mjpeg,
+    "/snapshot.jpg": Handler.snapshot,
+    "/api/latest": Handler.latest,
+    "/api/stats": Handler.stats,
+    "/api/events": Handler.events,
+    "/healthz": Handler.health,
+    "/metrics": Handler.metrics,
+}

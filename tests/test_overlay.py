@@ -1,0 +1,149 @@
+"""The overlay: legible from 640x480 to 1920x1080, drawn only in its box, and showing
+the result it is given."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_app.display import save_snapshot
+from edge_app.overlay import Overlay, short_label
+from edge_app.results import LiveResult, Prediction
+
+SIZES = [(480, 640), (720, 1280), (1080, 1920)]
+
+
+@pytest.fixture(scope="module")
+def parrot_result(int8_model, test_images) -> LiveResult:
+    from edge_app.classifier import Classifier
+
+    classifier = Classifier(int8_model, threads=1)
+    classification = classifier.classify(cv2.imread(str(test_images / "parrot.jpg")))
+    return LiveResult(
+        frame=12, time=1764300000.0, top=classification.top,
+        inference_ms=classification.inference_ms, latency_ms=14.2, fps=61.0, camera_fps=30.0,
+    )  # fmt: skip
+
+
+def ink_rows(mask: np.ndarray) -> int:
+    rows = np.flatnonzero(mask.any(axis=1))
+    return int(rows[-1] - rows[0] + 1) if rows.size else 0
+
+
+def text_ink(overlay: Overlay, text: str, height: int, width: int) -> np.ndarray:
+    """The pixels ``text`` covers when the overlay draws it as its first line."""
+    layout = overlay.layout(height, width)
+    canvas = np.zeros((height, width, 3), np.uint8)
+    overlay._put(canvas, text, layout.text_x, layout.baselines[0], (255, 255, 255), layout)
+    return canvas.max(axis=2) > 127
+
+
+@pytest.mark.parametrize("height,width", SIZES)
+def test_text_is_big_enough_and_everything_fits_in_the_frame(height, width, parrot_result):
+    overlay = Overlay("mobilenet_v1_1.0_224_int8", top_k=5)
+    layout = overlay.layout(height, width)
+    capital = ink_rows(text_ink(overlay, "M", height, width))
+    # About 2.5 % of the frame height: 12 px at 480 rows, 27 px at 1080.
+    assert capital >= 0.024 * height
+    x0, y0, x1, y1 = layout.box
+    assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+    assert (x1 - x0) * (y1 - y0) < 0.3 * width * height  # leaves most of the picture
+    assert all(y0 < b - capital and b < y1 for b in layout.baselines)
+    assert len(layout.baselines) == 5 + 2  # top-5 plus rates and model name
+    assert np.diff(layout.baselines).min() >= 1.5 * capital  # lines do not touch
+
+
+def test_text_scales_with_the_frame():
+    overlay = Overlay("m")
+    small = ink_rows(text_ink(overlay, "M", 480, 640))
+    large = ink_rows(text_ink(overlay, "M", 1080, 1920))
+    assert large / small == pytest.approx(1080 / 480, rel=0.2)
+
+
+@pytest.mark.parametrize("height,width", SIZES)
+def test_drawn_text_contrasts_with_its_box_even_on_white(height, width, parrot_result):
+    overlay = Overlay("mobilenet_v1_1.0_224_int8")
+    image = np.full((height, width, 3), 255, np.uint8)  # the worst background
+    overlay.draw(image, parrot_result)
+    x0, y0, x1, y1 = overlay.layout(height, width).box
+    box = image[y0:y1, x0:x1].max(axis=2)
+    text = box[box > 127]
+    assert np.median(box) <= 64  # the box is dark even over white
+    assert np.median(text) >= 200  # and the text is bright on it
+
+
+@pytest.mark.parametrize("height,width", SIZES)
+def test_the_top_label_line_shows_the_result(height, width, parrot_result):
+    overlay = Overlay("mobilenet_v1_1.0_224_int8")
+    image = np.zeros((height, width, 3), np.uint8)
+    overlay.draw(image, parrot_result)
+    layout = overlay.layout(height, width)
+    line = slice(layout.baselines[0] - layout.line_height // 2 - 4, layout.baselines[0] + 6)
+    cols = slice(layout.text_x, layout.box[2])
+    seen = image[line, cols].max(axis=2) > 127
+
+    def match(text: str) -> float:
+        expected = text_ink(overlay, text, height, width)[line, cols]
+        return (seen & expected).sum() / (seen | expected).sum()
+
+    top = parrot_result.top[0]
+    assert short_label(top.label) == "macaw"
+    shown = overlay.prediction_text(top.score, top.label)
+    assert shown.endswith("% macaw")
+    assert match(shown) > 0.97
+    for other in ("hotdog", "daisy", "dragonfly"):
+        assert match(overlay.prediction_text(top.score, other)) < 0.7
+
+
+def test_only_the_box_changes(parrot_result, test_images):
+    overlay = Overlay("mobilenet_v1_1.0_224_int8")
+    original = cv2.resize(cv2.imread(str(test_images / "parrot.jpg")), (640, 480))
+    image = original.copy()
+    assert overlay.draw(image, parrot_result) is image  # in place
+    x0, y0, x1, y1 = overlay.layout(480, 640).box
+    outside = np.ones((480, 640), bool)
+    outside[y0:y1, x0:x1] = False
+    np.testing.assert_array_equal(image[outside], original[outside])
+    assert not np.array_equal(image[y0:y1, x0:x1], original[y0:y1, x0:x1])
+
+
+def test_long_labels_are_cut_to_fit_and_rates_are_shown():
+    overlay = Overlay("a_model_with_a_long_name_v1_1.0_224_quant_edgetpu_extra")
+    long = Prediction(1, "a label far too long for any box on any screen, second synonym", 0.5)
+    result = LiveResult(3, 0.0, [long], 9.84, 12.0, 58.3, 29.97)
+    image = np.zeros((480, 640, 3), np.uint8)
+    overlay.draw(image, result)
+    layout = overlay.layout(480, 640)
+    fitted = overlay._fit(overlay.prediction_text(0.5, long.label), layout, layout.text_width)
+    assert fitted.endswith("~") and fitted.startswith(" 50% a label far")
+    assert (
+        cv2.getTextSize(fitted, cv2.FONT_HERSHEY_SIMPLEX, layout.scale, 1)[0][0]
+        <= layout.text_width
+    )
+    assert overlay.info_lines(result)[0] == "58.3 FPS  9.8 ms  cam 30.0 FPS"
+    assert overlay.info_lines(None)[0] == "waiting for the first result"
+    assert overlay.info_lines(result, paused=True)[1].endswith("[paused]")
+    ink_right = np.flatnonzero((image.max(axis=2) > 0).any(axis=0)).max()
+    assert ink_right < layout.box[2]  # nothing spills out of the box
+
+
+def test_layout_is_computed_once_per_frame_size():
+    overlay = Overlay("m")
+    assert overlay.layout(480, 640) is overlay.layout(480, 640)
+    assert overlay.layout(480, 640) is not overlay.layout(1080, 1920)
+
+
+def test_snapshot_writes_the_annotated_png_and_its_json(tmp_path, parrot_result):
+    overlay = Overlay("mobilenet_v1_1.0_224_int8")
+    image = overlay.draw(np.full((480, 640, 3), 90, np.uint8), parrot_result)
+    png = save_snapshot(tmp_path / "snaps", image, parrot_result, {"source": "demo.mp4"})
+    assert png.name.endswith("-f12.png")
+    np.testing.assert_array_equal(cv2.imread(str(png)), image)
+    record = json.loads(png.with_suffix(".json").read_text())
+    assert record["image"] == png.name and record["source"] == "demo.mp4"
+    assert record["result"] == json.loads(json.dumps(parrot_result.to_json()))
+    again = save_snapshot(tmp_path / "snaps", image, parrot_result)
+    assert again != png and again.exists()  # never overwrites
