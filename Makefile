@@ -47,5 +47,11 @@ bench-quick: install
 	$(APP) models fetch
 	$(PY) -m benchmarks.run_all --quick --output docs/PERFORMANCE.md
 
+ARM_QUICK ?= 0
+
+## test-arm: core tests on an emulated Raspberry Pi CPU (aarch64 Pi 4/Pi 5; Bookworm and Trixie) and x86-vs-aarch64 answers; ARM_QUICK=1 is the CI slice (~9 min)
+test-arm: install
+	ARM_QUICK=$(ARM_QUICK) bash scripts/arm-test.sh
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -234,5 +234,12 @@ def main() -> None:
     print(json.dumps(figures, indent=2) if args.json else report(figures))
 
 
+def run(quick: bool = False) -> dict:
+    """Entry point for the suite (benchmarks/run_all.py): figures plus a markdown block."""
+    figures = run_benchmark(seconds=2.0 if quick else 5.0, rounds=2 if quick else 3)
+    figures["markdown"] = "```\n" + report(figures) + "\n```"
+    return figures
+
+
 if __name__ == "__main__":
     main()

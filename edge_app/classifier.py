@@ -149,7 +149,8 @@ class Classifier:
         k = min(k or self.top_k, scores.shape[0])
         threshold = self.threshold if threshold is None else threshold
         best = np.argpartition(-scores, k - 1)[:k]
-        best = best[np.argsort(-scores[best], kind="stable")]
+        # exact ties break by class index, so every platform orders them alike
+        best = best[np.lexsort((best, -scores[best]))]
         return [
             Prediction(int(i), self.labels[int(i)], float(scores[i]))
             for i in best

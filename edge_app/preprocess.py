@@ -87,7 +87,8 @@ class Preprocessor:
         region = self.region(frame, crop)
         rh, rw = region.shape[:2]
         shrinking = rh >= self.height and rw >= self.width
-        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        # INTER_LINEAR_EXACT: bit-identical on x86 and ARM (plain INTER_LINEAR rounds differently)
+        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR_EXACT
         if self.dtype == np.float32:
             rgb = self._rgb_scratch
             self._resize_rgb(region, rgb, interpolation)
@@ -118,7 +119,7 @@ class Preprocessor:
                     region = cv2.resize(region, small, interpolation=cv2.INTER_AREA)
             if region is not None:
                 # The last step (under 2x) is bilinear, as in the reference preprocessing.
-                cv2.resize(region, (width, height), dst=dst, interpolation=cv2.INTER_LINEAR)
+                cv2.resize(region, (width, height), dst=dst, interpolation=cv2.INTER_LINEAR_EXACT)
             # Channels are swapped in place on the model-sized image, not the camera frame.
             cv2.cvtColor(dst, cv2.COLOR_BGR2RGB, dst=dst)
         else:

@@ -194,6 +194,7 @@ def test_resume_skips_recorded_paths_and_repairs_a_partial_line(test_images, int
     assert [r["path"] for r in rows] == [json.loads(line)["path"] for line in lines]
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_whole_lines_that_resume_continues(imagenet_sample, int8_model, tmp_path):
     out = tmp_path / "sample.jsonl"
     cmd = [

@@ -46,7 +46,7 @@ def reference_rgb(frame: np.ndarray, crop: str = "central") -> np.ndarray:
         region = region[: (h // factor) * factor, : (w // factor) * factor]
         size = (region.shape[1] // factor, region.shape[0] // factor)
         region = cv2.resize(region, size, interpolation=cv2.INTER_AREA)
-    resized = cv2.resize(region, (224, 224), interpolation=cv2.INTER_LINEAR)
+    resized = cv2.resize(region, (224, 224), interpolation=cv2.INTER_LINEAR_EXACT)
     return resized[:, :, ::-1]
 
 

@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 # camera by index") would break the one-line error a user gets; the SourceError says
 # it instead. Environment settings made by the user win.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET, read at first use
-if "OPENCV_LOG_LEVEL" not in os.environ:
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+_cv_logging = getattr(getattr(cv2, "utils", None), "logging", None)  # absent in apt's 4.6
+if "OPENCV_LOG_LEVEL" not in os.environ and _cv_logging is not None:
+    _cv_logging.setLogLevel(_cv_logging.LOG_LEVEL_ERROR)
 
 DEFAULT_FILE_FPS = 30.0  # when a file does not say (some containers report 0)
 STREAM_TIMEOUT_MS = 10_000  # open and read timeouts for network streams
