@@ -113,6 +113,24 @@ class Classifier:
     def crop(self) -> str:
         return self.preprocessor.crop
 
+    def xnnpack_summary(self) -> str:
+        """Whether XNNPACK took the graph, e.g. "XNNPACK 28/34 nodes, 100 % of MACs"."""
+        if not self.xnnpack:
+            return "XNNPACK off"
+        from edge_app.model_report import xnnpack_coverage
+
+        try:
+            cov = xnnpack_coverage(self.interpreter)
+        except Exception as exc:  # noqa: BLE001 - a report must never stop inference
+            log.debug("XNNPACK coverage unavailable: %s", exc)
+            return "XNNPACK on"
+        if cov.partitions == 0:
+            return "XNNPACK on but took no nodes"
+        return (
+            f"XNNPACK {cov.delegated_nodes}/{cov.total_nodes} nodes in {cov.partitions} "
+            f"partition(s), {100 * cov.delegated_mac_share:.0f} % of MACs"
+        )
+
     def describe(self) -> str:
         return (
             f"{self.spec.describe()}; {self.runtime.describe()}, {self.threads} threads, "

@@ -21,6 +21,7 @@ class BatchPlan:
     workers: int
     threads: int
     labels: list[str]
+    runtime_summary: str = ""
 
 
 def prepare_classifier(classifier_kwargs: dict, workers: int | None) -> BatchPlan:
@@ -34,12 +35,18 @@ def prepare_classifier(classifier_kwargs: dict, workers: int | None) -> BatchPla
     classifier_kwargs["model"] = str(resolve_model_path(classifier_kwargs["model"]))
     if workers == 1:
         classifier = Classifier(**classifier_kwargs)
-        return BatchPlan(classifier, classifier_kwargs, workers, threads, classifier.labels)
+        return BatchPlan(
+            classifier, classifier_kwargs, workers, threads, classifier.labels, _banner(classifier)
+        )
     # One thread for the check: no interpreter thread pool exists when workers fork.
     probe = Classifier(**dict(classifier_kwargs, threads=1))
-    labels = probe.labels
+    plan = BatchPlan(None, classifier_kwargs, workers, threads, probe.labels, _banner(probe))
     del probe
-    return BatchPlan(None, classifier_kwargs, workers, threads, labels)
+    return plan
+
+
+def _banner(classifier) -> str:
+    return f"{classifier.runtime.describe()}, {classifier.xnnpack_summary()}"
 
 
 @click.command()
@@ -126,7 +133,7 @@ def classify(paths, recursive, workers, fmt, output, resume, full_decode, progre
     note = f"; {len(already)} already in {output}" if already else ""
     click.echo(
         f"classifying {len(todo)} images with {Path(classifier_kwargs['model']).stem}: "
-        f"{workers} worker(s) x {threads} thread(s){note}",
+        f"{workers} worker(s) x {threads} thread(s); {plan.runtime_summary}{note}",
         err=True,
     )
     if skipped:
