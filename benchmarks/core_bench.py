@@ -205,16 +205,30 @@ def _sample_paths(quick: bool) -> list[str]:
 
 
 def bench_folders(quick: bool) -> dict:
+    """classify on the sample with 1..all workers against workers x the single-thread
+    invoke rate. Rounds interleave an invoke-rate sample with the classify runs, and
+    the best of each counts: other load on a shared machine only ever slows one down
+    (taking the best invoke rate too keeps the ratio conservative)."""
     paths = _sample_paths(quick)
+    rounds = 1 if quick else 2
     single = Classifier(model_path("int8"), threads=1)
     single.preprocess(np.zeros((480, 640, 3), np.uint8))
-    single_rate = 1000 / float(np.median(_invoke_samples(single, 50)))
+    single_rates: list[float] = []
+    runs: dict[int, list[tuple[float, list[dict]]]] = {}
+    for _ in range(rounds):
+        single_rates.append(1000 / float(np.median(_invoke_samples(single, 100))))
+        for workers in range(1, default_threads() + 1):
+            runs.setdefault(workers, []).append(
+                _classify_rate(
+                    [*paths, "-m", str(model_path()), "--workers", str(workers), "--threads", "1"]
+                )
+            )
+    single_rates.append(1000 / float(np.median(_invoke_samples(single, 100))))
     del single
+    single_rate = max(single_rates)
     rows = []
-    for workers in range(1, default_threads() + 1):
-        rate, records = _classify_rate(
-            [*paths, "-m", str(model_path()), "--workers", str(workers), "--threads", "1"]
-        )
+    for workers, results in runs.items():
+        rate, records = max(results, key=lambda result: result[0])
         ideal = workers * single_rate
         rows.append(
             {
@@ -223,10 +237,17 @@ def bench_folders(quick: bool) -> dict:
                 "images_per_s": round(rate, 1),
                 "ideal_per_s": round(ideal, 1),
                 "ratio": round(rate / ideal, 3),
+                "noise": round(spread([r for r, _ in results]), 3),
                 "top1": round(top1(records), 1),
             }
         )
-    return {"single_thread_invoke_per_s": round(single_rate, 1), "rows": rows, "target": 0.8}
+    return {
+        "single_thread_invoke_per_s": round(single_rate, 1),
+        "single_thread_noise": round(spread(single_rates), 3),
+        "rounds": rounds,
+        "rows": rows,
+        "target": 0.8,
+    }
 
 
 def make_large_photos(count: int) -> list[Path]:
@@ -247,7 +268,7 @@ def make_large_photos(count: int) -> list[Path]:
 
 
 def bench_large_photos(quick: bool) -> dict:
-    photos = [str(p) for p in make_large_photos(60 if quick else 300)]
+    photos = [str(p) for p in make_large_photos(100 if quick else 1000)]
     common = ["-m", str(model_path())]
     reduced_rate, reduced_rows = _classify_rate([*photos, *common])
     full_rate, full_rows = _classify_rate([*photos, *common, "--full-decode"])
@@ -256,20 +277,29 @@ def bench_large_photos(quick: bool) -> dict:
         for a, b in zip(reduced_rows, full_rows, strict=True)
         if a["ok"] and b["ok"]
     )
-    # Decoding alone (this process, one thread), the part the reduced path changes.
+    # Per photo in this process, one thread: decoding plus the resize to the model
+    # input (the part the reduced path changes) and the invoke both paths pay.
     from edge_app.decode import decode_image
 
-    def decode_ms(reduced: bool) -> float:
-        start = time.perf_counter()
-        for photo in photos[:30]:
-            decode_image(photo, model_size=(224, 224), reduced=reduced)
-        return (time.perf_counter() - start) * 1000 / min(30, len(photos))
+    classifier = Classifier(model_path("int8"), threads=1)
 
-    decode_reduced, decode_full = decode_ms(True), decode_ms(False)
+    def prepare_ms(reduced: bool) -> float:
+        sample = photos[:30]
+        start = time.perf_counter()
+        for photo in sample:
+            decoded = decode_image(photo, model_size=classifier.input_size, reduced=reduced)
+            classifier.preprocess(decoded.image)
+        return (time.perf_counter() - start) * 1000 / len(sample)
+
+    prepare_reduced, prepare_full = prepare_ms(True), prepare_ms(False)
+    invoke = float(np.median(_invoke_samples(classifier, 50)))
     return {
-        "decode_reduced_ms": round(decode_reduced, 1),
-        "decode_full_ms": round(decode_full, 1),
-        "decode_speedup": round(decode_full / decode_reduced, 2),
+        "prepare_reduced_ms": round(prepare_reduced, 1),
+        "prepare_full_ms": round(prepare_full, 1),
+        "prepare_speedup": round(prepare_full / prepare_reduced, 2),
+        "invoke_ms": round(invoke, 1),
+        # What the parts predict for whole photos: both pay the invoke.
+        "expected_speedup": round((prepare_full + invoke) / (prepare_reduced + invoke), 2),
         "images": len(photos),
         "size": "4000x3000",
         "reduced_per_s": round(reduced_rate, 2),

@@ -158,7 +158,10 @@ def run_batch(
     context = multiprocessing.get_context("fork")
     pool = context.Pool(workers, _init_worker, (classifier_kwargs, decode_kwargs))
     try:
-        yield from pool.imap(classify_item, items, chunksize=2)
+        # Chunks of several items cut the parent's per-image IPC work (it shares the
+        # cores with the workers); a few chunks per worker keep the tail balanced.
+        chunksize = max(1, min(16, len(items) // (workers * 4)))
+        yield from pool.imap(classify_item, items, chunksize=chunksize)
         pool.close()
     except BaseException:
         pool.terminate()

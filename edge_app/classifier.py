@@ -153,9 +153,10 @@ class Classifier:
 
     def scores(self) -> np.ndarray:
         """Dequantized scores as a new float32 array."""
-        raw = self.interpreter.get_tensor(self._output_index).reshape(-1)
+        # A zero-copy view of the output, read at once (before any other invoke).
+        raw = self.interpreter.tensor(self._output_index)().reshape(-1)
         if raw.dtype == np.float32:
-            return raw.astype(np.float32, copy=True)
+            return raw.copy()
         out = raw.astype(np.float32)
         out -= self._out_zero
         out *= self._out_scale
@@ -166,7 +167,7 @@ class Classifier:
     ) -> list[Prediction]:
         k = min(k or self.top_k, scores.shape[0])
         threshold = self.threshold if threshold is None else threshold
-        best = np.argpartition(-scores, k - 1)[:k]
+        best = np.argpartition(scores, -k)[-k:]
         # exact ties break by class index, so every platform orders them alike
         best = best[np.lexsort((best, -scores[best]))]
         return [

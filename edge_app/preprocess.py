@@ -3,6 +3,10 @@
 BGR frame -> crop (central 87.5 %, square, or none) -> resize with OpenCV -> RGB -> the
 model's input dtype, written straight into the interpreter's input buffer: no float
 round trip for quantized models and no intermediate arrays beyond the resize itself.
+
+Big frames are first area-averaged by a power of two (as libjpeg's 1/2, 1/4, 1/8 DCT
+scaling does, on the same block grid), then resized bilinearly for the rest: a photo
+decoded reduced and decoded in full reach the model as nearly the same pixels.
 """
 
 from __future__ import annotations
@@ -74,9 +78,27 @@ class Preprocessor:
 
     def region(self, frame: np.ndarray, crop: str | None = None) -> np.ndarray:
         """The cropped view (no copy) of ``frame`` that the model sees."""
+        return self._region(frame, crop)[0]
+
+    def _region(self, frame: np.ndarray, crop: str | None) -> tuple[np.ndarray, int]:
+        """(cropped view, area factor): the factor is the power of two (1, 2, 4, 8...)
+        the region is first averaged down by, as libjpeg's DCT scaling would."""
         h, w = frame.shape[:2]
-        top, left, ch, cw = crop_box(h, w, crop or self.crop, self.width / self.height)
-        return frame[top : top + ch, left : left + cw]
+        policy = crop or self.crop
+        aspect = self.width / self.height
+        top, left, ch, cw = crop_box(h, w, policy, aspect)
+        factor = min(ch // self.height, cw // self.width)
+        if factor < 2:
+            return frame[top : top + ch, left : left + cw], 1
+        factor = 1 << (factor.bit_length() - 1)
+        # The box as it falls on the 1/factor picture (libjpeg rounds sizes up), in
+        # whole blocks: a photo decoded reduced and the same photo decoded in full
+        # then reach the model as the same pixels, so both give the same answer.
+        rtop, rleft, rch, rcw = crop_box(-(-h // factor), -(-w // factor), policy, aspect)
+        top, left = rtop * factor, rleft * factor
+        ch = min(rch, (h - top) // factor) * factor
+        cw = min(rcw, (w - left) // factor) * factor
+        return frame[top : top + ch, left : left + cw], factor
 
     def __call__(self, frame: np.ndarray, out: np.ndarray, crop: str | None = None) -> None:
         """Fill ``out`` (H, W, 3) of the model's dtype from the BGR ``frame``."""
@@ -84,34 +106,34 @@ class Preprocessor:
             raise ValueError(
                 f"expected a BGR uint8 frame (H, W, 3), got {frame.shape} {frame.dtype}"
             )
-        region = self.region(frame, crop)
+        region, factor = self._region(frame, crop)
         rh, rw = region.shape[:2]
         shrinking = rh >= self.height and rw >= self.width
         # INTER_LINEAR_EXACT: bit-identical on x86 and ARM (plain INTER_LINEAR rounds differently)
         interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR_EXACT
         if self.dtype == np.float32:
             rgb = self._rgb_scratch
-            self._resize_rgb(region, rgb, interpolation)
+            self._resize_rgb(region, rgb, interpolation, factor)
             # (pixel - mean) / std straight into the float input buffer
             np.subtract(rgb, self._mean, out=out, casting="unsafe")
             np.multiply(out, self._inv_std, out=out)
             return
         # uint8 and int8: same bytes; int8 is pixel - 128, i.e. the top bit flipped.
         target = out if self.dtype == np.uint8 else out.view(np.uint8)
-        self._resize_rgb(region, target, interpolation)
+        self._resize_rgb(region, target, interpolation, factor)
         if self.dtype == np.int8:
             np.bitwise_xor(target, 0x80, out=target)
 
-    def _resize_rgb(self, region: np.ndarray, dst: np.ndarray, interpolation: int) -> None:
+    def _resize_rgb(
+        self, region: np.ndarray, dst: np.ndarray, interpolation: int, factor: int
+    ) -> None:
         height, width = self.height, self.width
         rh, rw = region.shape[:2]
         if (rh, rw) != (height, width):
-            factor = min(rh // height, rw // width)
             if interpolation == cv2.INTER_AREA and factor >= 2:
                 # Area averaging by a whole factor takes OpenCV's fast path (a general
-                # area resize costs ~10x more); trimming < factor pixels makes it whole.
-                region = region[: (rh // factor) * factor, : (rw // factor) * factor]
-                small = (region.shape[1] // factor, region.shape[0] // factor)
+                # area resize costs ~10x more).
+                small = (rw // factor, rh // factor)
                 if small == (width, height):
                     cv2.resize(region, small, dst=dst, interpolation=cv2.INTER_AREA)
                     region = None

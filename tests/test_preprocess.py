@@ -37,17 +37,50 @@ def photo(test_images):
 
 
 def reference_rgb(frame: np.ndarray, crop: str = "central") -> np.ndarray:
-    """The documented path: crop, area-average by the whole factor (if 2 or more),
-    bilinear for the rest, RGB."""
-    top, left, h, w = crop_box(*frame.shape[:2], crop)
-    region = frame[top : top + h, left : left + w]
+    """The documented path: crop, area-average by the largest power of two that leaves
+    at least the model size (the crop then snapped to that grid), bilinear for the
+    rest, RGB."""
+    height, width = frame.shape[:2]
+    top, left, h, w = crop_box(height, width, crop)
     factor = min(h // 224, w // 224)
     if factor >= 2:
-        region = region[: (h // factor) * factor, : (w // factor) * factor]
+        factor = 2 ** int(np.log2(factor))
+        top, left, h, w = (
+            v * factor for v in crop_box(-(-height // factor), -(-width // factor), crop)
+        )
+        h, w = min(h, height - top) // factor * factor, min(w, width - left) // factor * factor
+    region = frame[top : top + h, left : left + w]
+    if factor >= 2:
         size = (region.shape[1] // factor, region.shape[0] // factor)
         region = cv2.resize(region, size, interpolation=cv2.INTER_AREA)
     resized = cv2.resize(region, (224, 224), interpolation=cv2.INTER_LINEAR_EXACT)
     return resized[:, :, ::-1]
+
+
+def test_big_frames_follow_the_documented_path(photo):
+    for size in ((1920, 1080), (1280, 720), (4000, 3000), (3001, 2001)):
+        frame = cv2.resize(photo, size, interpolation=cv2.INTER_CUBIC)
+        for crop in ("central", "square", "none"):
+            out = Preprocessor((224, 224), np.uint8, crop).to_model_array(frame)
+            np.testing.assert_array_equal(out, reference_rgb(frame, crop), err_msg=str(size))
+
+
+def test_a_big_jpeg_reaches_the_model_alike_decoded_reduced_or_in_full(photo, tmp_path):
+    """libjpeg's 1/8 decode and a full decode must give the model the same picture,
+    or --full-decode would change answers (it once did: 1.6 points of top-1)."""
+    from edge_app.decode import decode_image
+
+    path = tmp_path / "12mp.jpg"
+    big = cv2.resize(photo, (4000, 3000), interpolation=cv2.INTER_CUBIC)
+    cv2.imwrite(str(path), big, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    reduced = decode_image(path, model_size=(224, 224))
+    full = decode_image(path, model_size=(224, 224), reduced=False)
+    assert (reduced.reduction, full.reduction) == (8, 1)
+    preprocessor = Preprocessor((224, 224), np.uint8, "central")
+    a = preprocessor.to_model_array(reduced.image).astype(np.int16)
+    b = preprocessor.to_model_array(full.image).astype(np.int16)
+    difference = np.abs(a - b)
+    assert difference.mean() < 1.0 and difference.max() <= 8
 
 
 @pytest.mark.parametrize("crop", ["central", "square", "none"])
