@@ -127,11 +127,8 @@ def run_benchmark(
     seconds: float = 3.0,
     rounds: int = 2,
 ) -> dict:
-    """All figures as a dict (rates in results per second).
-
-    Each measurement runs ``rounds`` times, interleaved with the others, and the best
-    round counts: on a shared machine other load only ever slows a round down.
-    """
+    """All figures as a dict (rates in results per second), measured in ``rounds``
+    interleaved rounds."""
     classifier = Classifier(model, threads=threads)
     height, width = classifier.input_size
     images, model_images = _frames_in_memory(video, 120, (width, height))
@@ -165,33 +162,46 @@ def run_benchmark(
             classifier, read_video_factory(), seconds, False
         ),
     }
-    best: dict[str, dict] = {}
+    # Rounds interleave every measurement; each figure is the median over rounds and
+    # each ratio the median of per-round ratios (a measurement against the raw rate
+    # taken in the same round), so slow drifts in the machine's load cancel out.
+    per_round: dict[str, list[dict]] = {name: [] for name in measurements}
     for _ in range(rounds):
         for name, measure in measurements.items():
-            figures = measure()
-            if name not in best or figures["fps"] > best[name]["fps"]:
-                best[name] = figures
+            per_round[name].append(measure())
     figures: dict = {
         "model": classifier.model_name,
         "runtime": classifier.runtime.describe(),
         "threads": classifier.threads,
         "cpus": os.cpu_count(),
+        "rounds": rounds,
         "load_average": os.getloadavg()[0],
-        **best,
         "overlay_us": overlay_cost_us(classifier, images[0]),
     }
-    raw = figures["raw"]["fps"]
-    for name in measurements:
+    for name, results in per_round.items():
+        middle = sorted(results, key=lambda r: r["fps"])[len(results) // 2]
+        figures[name] = {**middle, "fps": float(np.median([r["fps"] for r in results]))}
+    raws = [r["fps"] for r in per_round["raw"]]
+    for name, results in per_round.items():
         if name != "raw":
-            figures[f"ratio_{name}_to_raw"] = figures[name]["fps"] / raw
+            ratios = [r["fps"] / raw for r, raw in zip(results, raws, strict=True)]
+            figures[f"ratio_{name}_to_raw"] = float(np.median(ratios))
+            figures[f"noise_{name}"] = _spread(ratios)
     return figures
+
+
+def _spread(values: list[float]) -> float:
+    """Half the range of the values relative to their median."""
+    middle = float(np.median(values))
+    return (max(values) - min(values)) / 2 / middle if len(values) > 1 and middle else 0.0
 
 
 def report(figures: dict) -> str:
     raw = figures["raw"]["fps"]
     lines = [
         f"model {figures['model']}, {figures['runtime']}, {figures['threads']} threads, "
-        f"{figures['cpus']} CPUs, load average {figures['load_average']:.1f}",
+        f"{figures['cpus']} CPUs, load average {figures['load_average']:.1f}; medians of "
+        f"{figures['rounds']} interleaved rounds, ratios per round against that round's raw rate",
         f"  raw invoke                    {raw:7.1f} /s  ({figures['raw']['invoke_ms']:.2f} ms)",
     ]
     for key, name in (
@@ -202,7 +212,8 @@ def report(figures: dict) -> str:
         ("sequential_video", "sequential, video file"),
     ):
         entry = figures[key]
-        line = f"  {name:<29} {entry['fps']:7.1f} /s  {entry['fps'] / raw:5.2f} x raw"
+        ratio, noise = figures[f"ratio_{key}_to_raw"], figures[f"noise_{key}"]
+        line = f"  {name:<29} {entry['fps']:7.1f} /s  {ratio:5.2f} x raw (±{100 * noise:2.0f} %)"
         if "latency_ms_p50" in entry:
             line += (
                 f"  latency p50 {entry['latency_ms_p50']:.1f} ms p95 "
@@ -227,7 +238,7 @@ def main() -> None:
     parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     figures = run_benchmark(args.model, args.video, args.threads, args.seconds, args.rounds)
@@ -236,7 +247,7 @@ def main() -> None:
 
 def run(quick: bool = False) -> dict:
     """Entry point for the suite (benchmarks/run_all.py): figures plus a markdown block."""
-    figures = run_benchmark(seconds=2.0 if quick else 5.0, rounds=2 if quick else 3)
+    figures = run_benchmark(seconds=2.0 if quick else 3.0, rounds=2 if quick else 5)
     figures["markdown"] = "```\n" + report(figures) + "\n```"
     return figures
 
