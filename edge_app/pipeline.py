@@ -392,8 +392,10 @@ class Pipeline:
                 self._camera_rate.tick(time.monotonic())
                 self._newest_frame = frame
                 # Counted once handed over: frames = results + dropped (+ one in the slot).
-                # A paused live camera's frames are read only to keep it fresh.
-                if self._resume.is_set() and self._slot.put(frame, wait=source.lossless):
+                # A paused live camera's frames are read only to keep it fresh; a file's
+                # frame read just as a pause came is kept, not lost.
+                handed_over = self._resume.is_set() or not source.live
+                if handed_over and self._slot.put(frame, wait=source.lossless):
                     with self._lock:
                         self._frames += 1
         finally:

@@ -72,6 +72,7 @@ class Preprocessor:
         self.crop = crop
         self._mean = np.asarray(mean, np.float32)
         self._inv_std = (1.0 / np.asarray(std, np.float32)).astype(np.float32)
+        self._buffers: dict[str, np.ndarray] = {}
         self._rgb_scratch = (
             np.empty((self.height, self.width, 3), np.uint8) if self.dtype == np.float32 else None
         )
@@ -129,23 +130,35 @@ class Preprocessor:
     ) -> None:
         height, width = self.height, self.width
         rh, rw = region.shape[:2]
-        if (rh, rw) != (height, width):
-            if interpolation == cv2.INTER_AREA and factor >= 2:
-                # Area averaging by a whole factor takes OpenCV's fast path (a general
-                # area resize costs ~10x more).
-                small = (rw // factor, rh // factor)
-                if small == (width, height):
-                    cv2.resize(region, small, dst=dst, interpolation=cv2.INTER_AREA)
-                    region = None
-                else:
-                    region = cv2.resize(region, small, interpolation=cv2.INTER_AREA)
-            if region is not None:
-                # The last step (under 2x) is bilinear, as in the reference preprocessing.
-                cv2.resize(region, (width, height), dst=dst, interpolation=cv2.INTER_LINEAR_EXACT)
-            # Channels are swapped in place on the model-sized image, not the camera frame.
-            cv2.cvtColor(dst, cv2.COLOR_BGR2RGB, dst=dst)
-        else:
+        if (rh, rw) == (height, width):
             cv2.cvtColor(region, cv2.COLOR_BGR2RGB, dst=dst)
+            return
+        if interpolation == cv2.INTER_AREA and factor >= 2:
+            # Area averaging by a whole factor takes OpenCV's fast path (a general
+            # area resize costs ~10x more).
+            small = (rw // factor, rh // factor)
+            if small == (width, height):
+                cv2.resize(region, small, dst=dst, interpolation=cv2.INTER_AREA)
+                # Channels are swapped in place on the model-sized image.
+                cv2.cvtColor(dst, cv2.COLOR_BGR2RGB, dst=dst)
+                return
+            region = cv2.resize(region, small, interpolation=cv2.INTER_AREA)
+        # The last step (under 2x) is bilinear, as in the reference preprocessing, and
+        # made on four channels: OpenCV's bit-exact resize is vectorised for four
+        # channels, not three (3x faster, same bytes); BGR->RGBA swaps the channels.
+        rgba = cv2.cvtColor(region, cv2.COLOR_BGR2RGBA, dst=self._scratch("in", region))
+        resized = cv2.resize(
+            rgba, (width, height), dst=self._scratch("out"), interpolation=cv2.INTER_LINEAR_EXACT
+        )
+        cv2.cvtColor(resized, cv2.COLOR_RGBA2RGB, dst=dst)
+
+    def _scratch(self, name: str, like: np.ndarray | None = None) -> np.ndarray:
+        """A reused four-channel buffer (frames of a stream share one size)."""
+        shape = (*like.shape[:2], 4) if like is not None else (self.height, self.width, 4)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.shape != shape:
+            buffer = self._buffers[name] = np.empty(shape, np.uint8)
+        return buffer
 
     def to_model_array(self, frame: np.ndarray, crop: str | None = None) -> np.ndarray:
         """A fresh (H, W, 3) array of the model's dtype, for tests and tools."""
