@@ -206,9 +206,9 @@ def _sample_paths(quick: bool) -> list[str]:
 
 def bench_folders(quick: bool) -> dict:
     """classify on the sample with 1..all workers against workers x the single-thread
-    invoke rate. Rounds interleave an invoke-rate sample with the classify runs, and
-    the best of each counts: other load on a shared machine only ever slows one down
-    (taking the best invoke rate too keeps the ratio conservative)."""
+    invoke rate. An invoke-rate sample (~2 s) is taken before every classify run and
+    after the last; the ideal uses their median (the typical rate over the same
+    minutes), and each worker count its best run."""
     paths = _sample_paths(quick)
     rounds = 1 if quick else 2
     single = Classifier(model_path("int8"), threads=1)
@@ -216,8 +216,8 @@ def bench_folders(quick: bool) -> dict:
     single_rates: list[float] = []
     runs: dict[int, list[tuple[float, list[dict]]]] = {}
     for _ in range(rounds):
-        single_rates.append(1000 / float(np.median(_invoke_samples(single, 100))))
         for workers in range(1, default_threads() + 1):
+            single_rates.append(1000 / float(np.median(_invoke_samples(single, 100))))
             runs.setdefault(workers, []).append(
                 _classify_rate(
                     [*paths, "-m", str(model_path()), "--workers", str(workers), "--threads", "1"]
@@ -225,7 +225,7 @@ def bench_folders(quick: bool) -> dict:
             )
     single_rates.append(1000 / float(np.median(_invoke_samples(single, 100))))
     del single
-    single_rate = max(single_rates)
+    single_rate = float(np.median(single_rates))
     rows = []
     for workers, results in runs.items():
         rate, records = max(results, key=lambda result: result[0])
@@ -244,6 +244,7 @@ def bench_folders(quick: bool) -> dict:
     return {
         "single_thread_invoke_per_s": round(single_rate, 1),
         "single_thread_noise": round(spread(single_rates), 3),
+        "single_thread_samples": len(single_rates),
         "rounds": rounds,
         "rows": rows,
         "target": 0.8,

@@ -99,8 +99,8 @@ def render_frame_cost(r: dict) -> list[str]:
 
 def render_folders(r: dict) -> list[str]:
     out = [
-        f"Single-thread int8 invoke rate: {r['single_thread_invoke_per_s']:.1f} /s (best of "
-        f"{r['rounds'] + 1} samples taken between the runs, noise ±"
+        f"Single-thread int8 invoke rate: {r['single_thread_invoke_per_s']:.1f} /s (median of "
+        f"{r['single_thread_samples']} samples taken between the runs, noise ±"
         f"{100 * r['single_thread_noise']:.0f} %). Ideal = workers x that rate; each "
         f"images/s is the best of {r['rounds']} run(s).",
         "",
