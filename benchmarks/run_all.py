@@ -74,6 +74,7 @@ def forget_cached_libraries() -> int:
                 except OSError:
                     continue
                 try:
+                    os.fsync(fd)  # written moments ago by pip: dirty pages are not dropped
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                     dropped += 1
                 finally:
