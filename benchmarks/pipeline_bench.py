@@ -29,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.core_bench import spread  # noqa: E402
 from edge_app.classifier import Classifier  # noqa: E402
 from edge_app.overlay import Overlay  # noqa: E402
 from edge_app.pipeline import Pipeline  # noqa: E402
@@ -187,20 +188,18 @@ def run_benchmark(
         if name != "raw":
             ratios = [r["fps"] / raw for r, raw in zip(results, raws, strict=True)]
             figures[f"ratio_{name}_to_raw"] = float(np.median(ratios))
-            figures[f"noise_{name}"] = _spread(ratios)
+            figures[f"noise_{name}"] = median_interval(ratios)
     return figures
 
 
-def _spread(values: list[float]) -> float:
+def median_interval(values: list[float]) -> float:
     """How far the median of per-round values may be off, relative to it: the half-width
     of its ~95 % interval (1.57 IQR / sqrt(n), as box-plot notches); with fewer than four
     rounds, half their range. Single rounds swing by 10-20 % on a shared machine; the
     median of a dozen is good to a few per cent."""
     middle = float(np.median(values))
-    if len(values) < 2 or not middle:
-        return 0.0
-    if len(values) < 4:
-        return (max(values) - min(values)) / 2 / middle
+    if len(values) < 4 or not middle:
+        return spread(values)
     q1, q3 = np.percentile(values, [25, 75])
     return float(1.57 * (q3 - q1) / np.sqrt(len(values)) / middle)
 

@@ -196,7 +196,7 @@ def render_startup(r: dict) -> list[str]:
         f"{r['classify_worker_peak_rss_mb']:.0f} MB, private {r['classify_worker_private_mb']:.0f} MB. "
         "The rest is shared library code. Measured with the libraries read from disk, as "
         "on a device after a reboot (right after `pip install` the kernel maps freshly "
-        "written libraries in larger chunks, which showed here as up to 50 MB more RSS).",
+        "written libraries in larger chunks, which inflates RSS).",
         "",
         "Targets: first result under 1.0 s: "
         + verdict(worst < 1.0, f"({worst:.2f} s)")
