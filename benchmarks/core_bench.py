@@ -19,9 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_app.benchmark import percentile
-from edge_app.classifier import Classifier
-from edge_app.runtime import default_threads
+from edge_app.batch.bench import percentile
+from edge_app.inference.classifier import Classifier
+from edge_app.inference.runtime import default_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("EDGE_APP_SHARED", ROOT.parent / "shared")).resolve()
@@ -124,7 +124,7 @@ def _time_ms(fn, repeats: int) -> float:
 
 
 def bench_frame_cost(quick: bool) -> dict:
-    from edge_app.overlay import Overlay
+    from edge_app.live.overlay import Overlay
     from edge_app.results import LiveResult
 
     repeats = 100 if quick else 400
@@ -289,7 +289,7 @@ def bench_large_photos(quick: bool) -> dict:
     )
     # Per photo in this process, one thread: decoding plus the resize to the model
     # input (the part the reduced path changes) and the invoke both paths pay.
-    from edge_app.decode import decode_image
+    from edge_app.batch.decode import decode_image
 
     classifier = Classifier(model_path("int8"), threads=1)
 

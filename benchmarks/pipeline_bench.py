@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.core_bench import spread  # noqa: E402
-from edge_app.classifier import Classifier  # noqa: E402
-from edge_app.overlay import Overlay  # noqa: E402
-from edge_app.pipeline import Pipeline  # noqa: E402
+from edge_app.inference.classifier import Classifier  # noqa: E402
+from edge_app.live.overlay import Overlay  # noqa: E402
+from edge_app.live.pipeline import Pipeline  # noqa: E402
 from edge_app.results import LiveResult  # noqa: E402
 from edge_app.sources import MemorySource, open_source  # noqa: E402
 

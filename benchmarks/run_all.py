@@ -31,7 +31,7 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    from edge_app.runtime import default_threads, select_runtime
+    from edge_app.inference.runtime import default_threads, select_runtime
 
     versions = {}
     for dist in ("numpy", "opencv-python", "opencv-python-headless", "ai-edge-litert", "paho-mqtt"):

@@ -24,7 +24,7 @@ def main() -> int:
     import cv2
     import numpy
 
-    from edge_app.runtime import select_runtime
+    from edge_app.inference.runtime import select_runtime
 
     runtime = select_runtime("auto")
     machine = platform.machine()

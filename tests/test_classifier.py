@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_app.classifier import Classifier
-from edge_app.decode import decode_image
+from edge_app.batch.decode import decode_image
 from edge_app.errors import ConfigError, LabelsError, ModelError
-from edge_app.runtime import select_runtime
+from edge_app.inference.classifier import Classifier
+from edge_app.inference.runtime import select_runtime
 
 pytestmark = pytest.mark.core
 

@@ -82,7 +82,7 @@ def x86_answers(photos, int8_model) -> dict[str, dict]:
 
 def test_emulated_python_is_aarch64_with_litert(arm_python):
     probe = (
-        "import json, platform; from edge_app.runtime import select_runtime; r = select_runtime();"
+        "import json, platform; from edge_app.inference.runtime import select_runtime; r = select_runtime();"
         "print(json.dumps({'machine': platform.machine(), 'runtime': r.name}))"
     )
     result = subprocess.run(

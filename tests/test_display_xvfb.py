@@ -28,8 +28,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_app.display import has_gui
-from edge_app.overlay import Layout, Overlay
+from edge_app.live.display import has_gui
+from edge_app.live.overlay import Layout, Overlay
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "mobilenet_v1_1.0_224_int8"

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from edge_app.evaluate import LabelMatcher, name_from_filename
+from edge_app.batch.evaluate import LabelMatcher, name_from_filename
 
 pytestmark = pytest.mark.core
 

@@ -409,8 +409,8 @@ def test_models_dir_defaults_to_the_checkout(monkeypatch):
 
 
 def test_coverage_without_xnnpack_is_zero(int8_model):
-    from edge_app.model_report import xnnpack_coverage
-    from edge_app.runtime import select_runtime
+    from edge_app.inference.model_report import xnnpack_coverage
+    from edge_app.inference.runtime import select_runtime
 
     plain = select_runtime("auto").make_interpreter(int8_model, num_threads=1, xnnpack=False)
     coverage = xnnpack_coverage(plain)

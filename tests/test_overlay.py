@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_app.display import save_snapshot
-from edge_app.overlay import Overlay, short_label
+from edge_app.live.display import save_snapshot
+from edge_app.live.overlay import Overlay, short_label
 from edge_app.results import LiveResult, Prediction
 
 SIZES = [(480, 640), (720, 1280), (1080, 1920)]
@@ -18,7 +18,7 @@ SIZES = [(480, 640), (720, 1280), (1080, 1920)]
 
 @pytest.fixture(scope="module")
 def parrot_result(int8_model, test_images) -> LiveResult:
-    from edge_app.classifier import Classifier
+    from edge_app.inference.classifier import Classifier
 
     classifier = Classifier(int8_model, threads=1)
     classification = classifier.classify(cv2.imread(str(test_images / "parrot.jpg")))

@@ -13,9 +13,9 @@ import pytest
 from fake_picamera2 import make_fake_picamera2
 
 from edge_app.errors import SourceError
-from edge_app.pipeline import FrameSlot, LatencyHistogram, Pipeline
+from edge_app.live.pipeline import FrameSlot, LatencyHistogram, Pipeline
+from edge_app.live.smoothing import LabelSmoother
 from edge_app.results import Frame, Prediction
-from edge_app.smoothing import LabelSmoother
 from edge_app.sources import open_source
 from edge_app.sources.picamera2_source import Picamera2Source
 
@@ -33,7 +33,7 @@ ANSWERS = {
 
 @pytest.fixture(scope="module")
 def classifier(int8_model):
-    from edge_app.classifier import Classifier
+    from edge_app.inference.classifier import Classifier
 
     return Classifier(int8_model)
 
@@ -144,7 +144,7 @@ def test_a_slow_consumer_drops_camera_frames_and_counts_them(classifier, parrot)
 # -- the Pi camera path ------------------------------------------------------------------
 @pytest.mark.parametrize("pi", [4, 5])
 def test_pi_camera_lores_goes_to_the_model_uncropped(classifier, parrot, pi):
-    from edge_app.classifier import Classifier
+    from edge_app.inference.classifier import Classifier
 
     seen = []
 
@@ -362,7 +362,7 @@ def test_reconnect_survives_an_unplugged_camera_and_resumes(classifier, parrot, 
 
     pipeline = Pipeline(None, classifier, reconnect=True, source_factory=factory)
     results = collect(pipeline)
-    with caplog.at_level("INFO", logger="edge_app.pipeline"):
+    with caplog.at_level("INFO", logger="edge_app.live.pipeline"):
         pipeline.start()
         assert wait_until(lambda: len(results) >= 3)
         world.unplug()
@@ -378,7 +378,7 @@ def test_reconnect_survives_an_unplugged_camera_and_resumes(classifier, parrot, 
         assert not pipeline.wait(0)
         pipeline.stop()
     assert world.opened >= 2 and world.open_cameras == []
-    messages = [r.getMessage() for r in caplog.records if r.name == "edge_app.pipeline"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "edge_app.live.pipeline"]
     assert sum("retrying" in m for m in messages) == 1  # once per state change
     assert sum("is back" in m for m in messages) == 1
 

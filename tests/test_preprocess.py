@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_app.preprocess import Preprocessor, crop_box, crop_covers
+from edge_app.inference.preprocess import Preprocessor, crop_box, crop_covers
 
 pytestmark = pytest.mark.core
 
@@ -68,7 +68,7 @@ def test_big_frames_follow_the_documented_path(photo):
 def test_a_big_jpeg_reaches_the_model_alike_decoded_reduced_or_in_full(photo, tmp_path):
     """libjpeg's 1/8 decode and a full decode must give the model the same picture,
     or --full-decode would change answers (it once did: 1.6 points of top-1)."""
-    from edge_app.decode import decode_image
+    from edge_app.batch.decode import decode_image
 
     path = tmp_path / "12mp.jpg"
     big = cv2.resize(photo, (4000, 3000), interpolation=cv2.INTER_CUBIC)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edge_app.errors import ModelError, RuntimeNotFound
-from edge_app.runtime import default_threads, select_runtime
+from edge_app.inference.runtime import default_threads, select_runtime
 
 pytestmark = pytest.mark.core
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from service_support import parse_prometheus
 
-from edge_app.overlay import Overlay
+from edge_app.live.overlay import Overlay
 from edge_app.results import Frame, LiveResult, Prediction
 from edge_app.service.eventlog import EventLog
 from edge_app.service.frames import JpegFeed, LatestBoard

@@ -22,7 +22,7 @@ def parrot(test_images) -> np.ndarray:
 @pytest.fixture(scope="module")
 def classifiers(shared_models):
     """The default 224 px int8 model and the 128 px uint8 one, by input size."""
-    from edge_app.classifier import Classifier
+    from edge_app.inference.classifier import Classifier
 
     names = ("mobilenet_v1_1.0_224_int8", "mobilenet_v1_0.25_128_quant")
     loaded = [Classifier(shared_models / f"{name}.tflite", threads=1) for name in names]

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from edge_app.errors import ModelError
-from edge_app.runtime import select_runtime
-from edge_app.tflite_meta import (
+from edge_app.inference.runtime import select_runtime
+from edge_app.inference.tflite_meta import (
     embedded_files,
     min_runtime_version,
     operator_activations,

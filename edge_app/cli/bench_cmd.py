@@ -6,7 +6,7 @@ import json
 
 import click
 
-from edge_app.runtime import RUNTIME_CHOICES, default_threads
+from edge_app.inference.runtime import RUNTIME_CHOICES, default_threads
 
 
 def parse_threads(value: str | None) -> list[int]:
@@ -63,8 +63,8 @@ def bench(models, threads, xnnpack, compare_xnnpack, runtime, runs, warmup, as_j
       edge-app bench --compare-xnnpack
       edge-app bench -m mobilenet_v1_1.0_224_int8 -m mobilenet_v1_1.0_224_quant --json
     """
-    from edge_app.benchmark import measure_invoke
-    from edge_app.classifier import DEFAULT_MODEL, Classifier
+    from edge_app.batch.bench import measure_invoke
+    from edge_app.inference.classifier import DEFAULT_MODEL, Classifier
 
     thread_list = parse_threads(threads)
     delegate_settings = [True, False] if compare_xnnpack else [xnnpack]

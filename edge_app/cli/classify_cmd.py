@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
+from edge_app.batch.records import FORMATS, WRITERS, done_paths, fsync_close, open_output
 from edge_app.cli.options import classifier_options, pop_classifier_kwargs
 from edge_app.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
-from edge_app.record_io import FORMATS, WRITERS, done_paths, fsync_close, open_output
 
 
 @dataclass
@@ -27,8 +27,8 @@ class BatchPlan:
 def prepare_classifier(classifier_kwargs: dict, workers: int | None) -> BatchPlan:
     """Validate the model once in this process (so a bad model is one line, exit 2) and
     plan the worker processes."""
-    from edge_app.batch import plan_workers
-    from edge_app.classifier import Classifier, resolve_model_path
+    from edge_app.batch.workers import plan_workers
+    from edge_app.inference.classifier import Classifier, resolve_model_path
 
     workers, threads = plan_workers(workers, classifier_kwargs.get("threads"))
     classifier_kwargs = dict(classifier_kwargs, threads=threads)
@@ -105,7 +105,7 @@ def classify(paths, recursive, workers, fmt, output, resume, full_decode, progre
       edge-app classify 'shots/**/*.jpg' --format csv -o results.csv
       edge-app classify big_folder/ -o out.jsonl --resume
     """
-    from edge_app.batch import discover, run_batch
+    from edge_app.batch.workers import discover, run_batch
 
     classifier_kwargs = pop_classifier_kwargs(kwargs)
     stdout_tty = sys.stdout.isatty()

@@ -47,9 +47,9 @@ def eval_command(paths, truth, workers, recursive, worst, records, as_json, **kw
     Example (the 1,000-image ImageNet sample, class in the file name):
       edge-app eval ../shared/images/imagenet-sample --truth filename
     """
-    from edge_app.batch import discover, run_batch
+    from edge_app.batch.evaluate import TRUTH_MODES, EvalReport, LabelMatcher, TruthSource
+    from edge_app.batch.workers import discover, run_batch
     from edge_app.cli.classify_cmd import prepare_classifier
-    from edge_app.evaluate import TRUTH_MODES, EvalReport, LabelMatcher, TruthSource
 
     classifier_kwargs = pop_classifier_kwargs(kwargs)
     classifier_kwargs["top_k"] = max(5, classifier_kwargs["top_k"])

@@ -8,7 +8,7 @@ import os
 import click
 
 from edge_app.errors import EXIT_USAGE, EdgeAppError
-from edge_app.runtime import RUNTIME_CHOICES
+from edge_app.inference.runtime import RUNTIME_CHOICES
 
 
 @click.group()
@@ -32,7 +32,12 @@ def list_models(as_json: bool) -> None:
     The default model is marked with *. "mirror only" means no official download of
     exactly that file exists: fetch it from a mirror folder (EDGE_APP_MODEL_MIRROR).
     """
-    from edge_app.model_store import DEFAULT_MODEL_NAME, MIRROR_ENV, load_manifest, models_dir
+    from edge_app.inference.model_store import (
+        DEFAULT_MODEL_NAME,
+        MIRROR_ENV,
+        load_manifest,
+        models_dir,
+    )
 
     entries = [e for e in load_manifest().values() if e.kind == "model"]
     if as_json:
@@ -95,8 +100,8 @@ def info(model: str, as_json: bool, runtime: str) -> None:
       edge-app models info mobilenet_v1_0.25_128_quant --json
       edge-app models info ./my_model.tflite
     """
-    from edge_app.model_report import model_info
-    from edge_app.model_store import resolve_model
+    from edge_app.inference.model_report import model_info
+    from edge_app.inference.model_store import resolve_model
 
     data = model_info(resolve_model(model, fetch=False), runtime)
     if as_json:
@@ -199,7 +204,7 @@ def fetch_command(ctx: click.Context, names: tuple[str, ...], fetch_all: bool, f
       2. the official download URL, where one exists (`edge-app models list`).
     A file whose checksum does not match is not kept.
     """
-    from edge_app.model_store import DEFAULT_MODEL_NAME, fetch, load_manifest
+    from edge_app.inference.model_store import DEFAULT_MODEL_NAME, fetch, load_manifest
 
     if fetch_all and names:
         raise click.UsageError("give model names or --all, not both")

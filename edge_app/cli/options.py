@@ -6,8 +6,8 @@ import functools
 
 import click
 
-from edge_app.preprocess import CROP_CHOICES
-from edge_app.runtime import RUNTIME_CHOICES
+from edge_app.inference.preprocess import CROP_CHOICES
+from edge_app.inference.runtime import RUNTIME_CHOICES
 
 
 def classifier_options(func=None, *, default_crop: str = "central"):
@@ -90,7 +90,7 @@ def pop_classifier_kwargs(kwargs: dict) -> dict:
 
 def build_classifier(**kwargs):
     """A Classifier from the options above (imported lazily: it pulls in OpenCV)."""
-    from edge_app.classifier import Classifier
+    from edge_app.inference.classifier import Classifier
 
     kwargs = {k: v for k, v in kwargs.items() if k in CLASSIFIER_KEYS}
     return Classifier(**kwargs)

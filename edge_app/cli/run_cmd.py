@@ -201,7 +201,7 @@ def run(**kwargs) -> None:
       edge-app run --source demo.mp4 --loop
       edge-app run --source rtsp://cam.local/stream --headless --json
     """
-    from edge_app.pipeline import Pipeline
+    from edge_app.live.pipeline import Pipeline
     from edge_app.sources import make_source
     from edge_app.sources.picamera2_source import Picamera2Source
 
@@ -263,7 +263,7 @@ def run(**kwargs) -> None:
 def _no_window_reason(headless: bool) -> str | None:
     if headless:
         return "--headless"
-    from edge_app.display import display_problem, has_gui
+    from edge_app.live.display import display_problem, has_gui
 
     problem = display_problem()
     if problem:
@@ -280,8 +280,8 @@ def _wait_headless(pipeline, writer: JsonLinesWriter | None) -> None:
 
 
 def _show_window(pipeline, classifier, source, kwargs) -> None:
-    from edge_app.display import LiveDisplay, Window
-    from edge_app.overlay import Overlay
+    from edge_app.live.display import LiveDisplay, Window
+    from edge_app.live.overlay import Overlay
 
     window = Window(fullscreen=kwargs["fullscreen"])
     try:

@@ -33,7 +33,7 @@ OTHER_VARIABLES = {
     "EDGE_APP_CONFIG",
 }
 DEFAULT_STATE_DIR = "/var/lib/edge-app"
-CROP_CHOICES = ("central", "square", "none")  # edge_app.preprocess, without importing cv2
+CROP_CHOICES = ("central", "square", "none")  # edge_app.inference.preprocess, without importing cv2
 RUNTIME_CHOICES = ("auto", "litert", "tflite_runtime", "tensorflow")
 
 

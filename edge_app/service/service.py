@@ -86,8 +86,8 @@ class Service:
     def build_pipeline(self, config: ServiceConfig):
         """A ready (not started) pipeline, its classifier loaded and its source checked."""
         from edge_app.cli.options import build_classifier
-        from edge_app.overlay import Overlay
-        from edge_app.pipeline import Pipeline
+        from edge_app.live.overlay import Overlay
+        from edge_app.live.pipeline import Pipeline
         from edge_app.sources import make_source
 
         m, s = config.model, config.source

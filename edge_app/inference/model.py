@@ -108,7 +108,7 @@ def inspect_interpreter(interpreter, path: Path, model_bytes: bytes) -> ModelSpe
 def _float_normalization(model_bytes: bytes, path: Path):
     """Mean/std from the model's TFLite metadata (NormalizationOptions)."""
     try:
-        from edge_app.tflite_meta import read_model_metadata
+        from edge_app.inference.tflite_meta import read_model_metadata
 
         meta = read_model_metadata(model_bytes)
     except (ImportError, ModelError) as exc:

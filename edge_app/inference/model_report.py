@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app import tflite_meta
 from edge_app.errors import LabelsError, ModelError
-from edge_app.labels import load_labels
-from edge_app.runtime import select_runtime
+from edge_app.inference import tflite_meta
+from edge_app.inference.labels import load_labels
+from edge_app.inference.runtime import select_runtime
 
 DELEGATE_OP = "DELEGATE"
 # Ops whose constant inputs are learned weights and biases (int32 biases included).

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from edge_app.errors import InputError
-from edge_app.preprocess import crop_covers
+from edge_app.inference.preprocess import crop_covers
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: above any phone or Pi HQ camera photo

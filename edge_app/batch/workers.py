@@ -15,9 +15,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_app.decode import IMAGE_SUFFIXES, decode_image
+from edge_app.batch.decode import IMAGE_SUFFIXES, decode_image
 from edge_app.errors import EdgeAppError
-from edge_app.runtime import default_threads
+from edge_app.inference.runtime import default_threads
 
 GLOB_CHARS = set("*?[")
 
@@ -93,7 +93,7 @@ def _init_worker(classifier_kwargs: dict, decode_kwargs: dict) -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one process per core already; OpenCV's own pool would contend
-    from edge_app.classifier import Classifier
+    from edge_app.inference.classifier import Classifier
 
     try:
         _worker["classifier"] = Classifier(**classifier_kwargs)
@@ -147,7 +147,7 @@ def run_batch(
     decode_kwargs = decode_kwargs or {}
     if workers <= 1 or len(items) <= 1:
         if classifier is None:
-            from edge_app.classifier import Classifier
+            from edge_app.inference.classifier import Classifier
 
             classifier = Classifier(**classifier_kwargs)
         for item in items:

@@ -26,8 +26,8 @@ from collections.abc import Callable
 import numpy as np
 
 from edge_app.errors import ConfigError, EdgeAppError, SourceError
+from edge_app.live.smoothing import LabelSmoother
 from edge_app.results import Frame, LiveResult
-from edge_app.smoothing import LabelSmoother
 from edge_app.sources.base import FrameSource
 
 log = logging.getLogger(__name__)

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from edge_app.errors import ConfigError
-from edge_app.labels import load_labels
-from edge_app.model import ModelSpec, inspect_interpreter
-from edge_app.preprocess import Preprocessor
+from edge_app.inference.labels import load_labels
+from edge_app.inference.model import ModelSpec, inspect_interpreter
+from edge_app.inference.preprocess import Preprocessor
+from edge_app.inference.runtime import Runtime, default_threads, select_runtime
 from edge_app.results import Prediction
-from edge_app.runtime import Runtime, default_threads, select_runtime
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,9 @@ def resolve_model_path(model: str | Path, fetch: bool = True) -> Path:
     path = Path(model).expanduser()
     if path.exists() or path.suffix == ".tflite" or "/" in str(model):
         return path
-    from edge_app.model_store import resolve_model  # the manifest: only when a name is used
+    from edge_app.inference.model_store import (
+        resolve_model,  # the manifest: only when a name is used
+    )
 
     return Path(resolve_model(str(model), fetch=fetch))
 
@@ -117,7 +119,7 @@ class Classifier:
         """Whether XNNPACK took the graph, e.g. "XNNPACK 28/34 nodes, 100 % of MACs"."""
         if not self.xnnpack:
             return "XNNPACK off"
-        from edge_app.model_report import xnnpack_coverage
+        from edge_app.inference.model_report import xnnpack_coverage
 
         try:
             cov = xnnpack_coverage(self.interpreter)

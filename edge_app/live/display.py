@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from edge_app.errors import ConfigError
-from edge_app.overlay import Overlay
+from edge_app.live.overlay import Overlay
 from edge_app.results import Frame, LiveResult
 
 log = logging.getLogger(__name__)
