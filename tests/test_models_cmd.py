@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edge_app import model_store
 from edge_app.cli import cli
 from edge_app.errors import FetchError, ModelError
+from edge_app.inference import model_store
 
 INT8 = "mobilenet_v1_1.0_224_int8"
 HOW_TO = (

@@ -266,8 +266,9 @@ def test_loop_repeats_the_video_with_rising_frame_numbers(demo_video):
 
 
 def test_paced_file_delivers_at_its_own_frame_rate(demo_video):
-    """Frame n is not delivered before n / fps: a one-sided check that cannot flake."""
+    """Frame n is not delivered before n / fps: a one-sided check that cannot flake (one
+    interval of slack for a late stamp of frame 0 on a busy machine)."""
     with open_source(str(demo_video), pace=True) as source:
         frames = [source.read() for _ in range(10)]
     span = frames[-1].monotonic - frames[0].monotonic
-    assert span >= 9 / 30.0 - 0.002
+    assert span >= 8 / 30.0

@@ -64,6 +64,9 @@ class Service:
         self.ready = False
         self._shut_down = False
         self.health_state = "starting"
+        # Health is decided from the same stats snapshot a client is shown, at the moment it
+        # asks (not on the main loop's tick), so /healthz, /api/latest and /api/stats agree.
+        self._health_lock = threading.Lock()
         self._progress = (-1, time.monotonic())  # (frames, when that count was first seen)
 
     # -- wiring ----------------------------------------------------------------------------
@@ -292,20 +295,21 @@ class Service:
         """starting, running, retrying, ended, failed, or stalled (no frames for
         service.stall_s while the source should be delivering them)."""
         state = stats["source_state"]
-        now = time.monotonic()
-        if state in ("retrying", "ended", "failed"):
-            self._progress = (stats["frames"], now)
-        elif stats["frames"] != self._progress[0]:
-            self._progress = (stats["frames"], now)
-        stall_s = self.config.service.stall_s
-        stalled = (
-            now - self._progress[1] > stall_s or now - stats["heartbeat"] > stall_s
-        ) and state == "running"
-        if stalled:
-            state = "stalled"
-        elif state == "running" and stats["results"] == 0:
-            state = "starting"
-        self.health_state = state
+        with self._health_lock:
+            now = time.monotonic()
+            if state in ("retrying", "ended", "failed"):
+                self._progress = (stats["frames"], now)
+            elif stats["frames"] != self._progress[0]:
+                self._progress = (stats["frames"], now)
+            stall_s = self.config.service.stall_s
+            stalled = (
+                now - self._progress[1] > stall_s or now - stats["heartbeat"] > stall_s
+            ) and state == "running"
+            if stalled:
+                state = "stalled"
+            elif state == "running" and stats["results"] == 0:
+                state = "starting"
+            self.health_state = state
         return state
 
     def _announce(self, state: str, previous: str | None, stats: dict) -> None:
@@ -455,14 +459,18 @@ class Service:
 
     def stats(self) -> dict:
         pipeline = self.pipeline
-        base = pipeline.stats() if pipeline is not None else {"source_state": "starting"}
+        if pipeline is None:
+            base, state, latest = {"source_state": "starting"}, "starting", None
+        else:
+            latest = pipeline.latest()  # read before the stats: they count it already
+            base = pipeline.stats()
+            state = self._health(base)
         heartbeat = base.pop("heartbeat", None)
-        latest = pipeline.latest() if pipeline is not None else None
         top = latest[0].top[0] if latest is not None and latest[0].top else None
         mqtt, eventlog, triggers, web = self.mqtt, self.eventlog, self.triggers, self.web
         return {
             **base,
-            "state": self.health_state,
+            "state": state,
             "heartbeat_age_s": round(time.monotonic() - heartbeat, 3) if heartbeat else None,
             "label": top.label if top else None,
             "score": round(top.score, 5) if top else None,
@@ -503,7 +511,7 @@ class Service:
         if stats is None:
             return False, {"status": "starting"}
         heartbeat_age = round(time.monotonic() - stats["heartbeat"], 3)
-        state = self.health_state
+        state = self._health(stats)
         detail = {
             "status": "ok" if state == "running" else state,
             "source_state": stats["source_state"],
@@ -514,6 +522,7 @@ class Service:
 
     def metrics_text(self) -> str:
         stats = self.pipeline.stats() if self.pipeline else {}
+        state = self._health(stats) if stats else "starting"
         m = MetricsText()
         m.add(
             "info",
@@ -531,15 +540,15 @@ class Service:
             "up",
             "gauge",
             "1 while frames flow (state running).",
-            1 if self.health_state == "running" else 0,
+            1 if state == "running" else 0,
         )
-        for state in (*SOURCE_STATES, "stalled"):
+        for each in (*SOURCE_STATES, "stalled"):
             m.add(
                 "state",
                 "gauge",
                 "The service's state (one of them is 1).",
-                1 if self.health_state == state else 0,
-                {"state": state},
+                1 if state == each else 0,
+                {"state": each},
             )
         m.add("frames_total", "counter", "Frames handed to inference.", stats.get("frames", 0))
         m.add("results_total", "counter", "Inference results.", stats.get("results", 0))
