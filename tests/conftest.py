@@ -77,3 +77,18 @@ def demo_segments(shared_dir) -> list[tuple[int, int, str]]:
             first, last, photo = line.split("\t")
             rows.append((int(first), int(last), photo))
     return rows
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line per reason tests were skipped (missing shared data, no ARM trees), with
+    the count, instead of one line per test."""
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons:
+        terminalreporter.section("why tests were skipped")
+        for reason, count in reasons.items():
+            terminalreporter.write_line(f"{count} skipped: {reason}")

@@ -337,7 +337,17 @@ def test_sighup_keeps_the_running_config_when_the_new_one_is_bad(service, config
     assert service.get_json("/api/stats")[1]["web"]["max_fps"] == 4.0
 
 
-def test_sigterm_stops_cleanly_within_3_s_with_whole_log_lines(service, workdir, notify):
+def unit_setting(key: str) -> float:
+    unit = Path(__file__).resolve().parent.parent / "systemd" / "edge-app.service"
+    for line in unit.read_text().splitlines():
+        if line.startswith(f"{key}="):
+            return float(line.split("=", 1)[1])
+    raise AssertionError(f"{key} missing from {unit}")
+
+
+def test_sigterm_stops_cleanly_before_systemd_would_kill_it_with_whole_log_lines(
+    service, workdir, notify
+):
     service.wait_for_result()
     notify.drain()
     began = time.monotonic()
@@ -345,7 +355,12 @@ def test_sigterm_stops_cleanly_within_3_s_with_whole_log_lines(service, workdir,
     code = service.proc.wait(10)
     elapsed = time.monotonic() - began
     assert code == 0, service.stderr()
-    assert elapsed < 3.0, f"SIGTERM took {elapsed:.2f} s (systemd's contract: 3 s)"
+    # The contract is the unit's TimeoutStopSec: past it systemd kills the service. Half of
+    # it leaves room for a busy machine without tying the test to this machine's speed.
+    timeout_stop = unit_setting("TimeoutStopSec")
+    assert elapsed < timeout_stop / 2, (
+        f"SIGTERM took {elapsed:.2f} s (TimeoutStopSec={timeout_stop:g})"
+    )
     notify.wait_for("STOPPING=1", timeout=1)
     assert "Traceback" not in service.stderr()
 
