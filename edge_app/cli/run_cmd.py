@@ -171,14 +171,15 @@ def _show_window(pipeline, classifier, source, kwargs) -> None:
     from edge_app.live.overlay import Overlay
 
     window = Window(fullscreen=kwargs["fullscreen"])
+    display = LiveDisplay(
+        pipeline,
+        Overlay(classifier.model_name, classifier.top_k),
+        window,
+        snapshot_dir=kwargs["snapshot_dir"],
+        snapshot_extra={"source": source.description, "model": classifier.model_name},
+    )
+    pipeline.add_sink(display)
     try:
-        display = LiveDisplay(
-            pipeline,
-            Overlay(classifier.model_name, classifier.top_k),
-            window,
-            snapshot_dir=kwargs["snapshot_dir"],
-            snapshot_extra={"source": source.description, "model": classifier.model_name},
-        )
         display.run()
     finally:
-        window.close()
+        display.close()

@@ -27,6 +27,17 @@ class ResultSink(Protocol):
         """Flush and release; return within about ``timeout`` seconds."""
 
 
+def end_worker(work: queue.Queue, end: object, thread: threading.Thread, timeout: float) -> bool:
+    """Queue the ``end`` marker behind the pending work and wait for ``thread`` to write
+    it all; False when it did not finish within ``timeout`` (the work is abandoned)."""
+    try:
+        work.put(end, timeout=timeout)
+    except queue.Full:
+        pass
+    thread.join(timeout)
+    return not thread.is_alive()
+
+
 class JsonLinesWriter:
     """Prints one JSON record per result on its own thread, so a slow reader of stdout
     never holds up inference. ``lossless`` (every frame matters) waits for room instead
@@ -71,11 +82,7 @@ class JsonLinesWriter:
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued; give up after ``timeout`` if stdout stays blocked."""
-        try:
-            self._queue.put(self._END, timeout=timeout)
-        except queue.Full:
-            pass
-        self._thread.join(timeout)
+        end_worker(self._queue, self._END, self._thread, timeout)
 
     @property
     def unwritten(self) -> int:
