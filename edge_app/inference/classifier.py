@@ -57,9 +57,9 @@ class Classifier:
         threshold: float = 0.0,
     ):
         if top_k < 1:
-            raise ConfigError("--top-k must be at least 1")
+            raise ConfigError("model.top_k must be at least 1")
         if threads is not None and threads < 1:
-            raise ConfigError("--threads must be at least 1")
+            raise ConfigError("model.threads must be at least 1 (None: all cores)")
         self.model_path = resolve_model_path(model)
         self.runtime = runtime if isinstance(runtime, Runtime) else select_runtime(runtime)
         self.threads = threads or default_threads()

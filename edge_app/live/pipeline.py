@@ -159,9 +159,9 @@ class Pipeline:
         if source is None and source_factory is None:
             raise ConfigError("a pipeline needs a source or a source_factory")
         if max_results is not None and max_results < 1:
-            raise ConfigError("--max-frames must be at least 1")
+            raise ConfigError("max_results (--max-frames) must be at least 1")
         if duration is not None and duration <= 0:
-            raise ConfigError("--duration must be positive")
+            raise ConfigError("duration (--duration) must be positive")
         self.source = source
         self.classifier = classifier
         self.crop = crop  # for frames without a model image; None: the classifier's own

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from edge_app.errors import ConfigError
+from edge_app.errors import ConfigError, os_reason, translate
 from edge_app.settings import (
     LIVE_SECTIONS,
     ModelSettings,
@@ -376,20 +376,18 @@ def load_config(
     document: dict = {}
     if path is not None:
         file = Path(path).expanduser()
-        try:
-            text = file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{origin}: no such config file") from None
-        except IsADirectoryError:
-            raise ConfigError(f"{origin}: is a folder, not a config file") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{origin}: not UTF-8 text") from None
-        except OSError as exc:
-            raise ConfigError(f"{origin}: cannot read: {exc.strerror or exc}") from None
-        try:
-            document = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{origin}: invalid TOML: {exc}") from None
+        with translate(
+            {
+                FileNotFoundError: lambda e: ConfigError(f"{origin}: no such config file"),
+                IsADirectoryError: lambda e: ConfigError(
+                    f"{origin}: is a folder, not a config file"
+                ),
+                UnicodeDecodeError: lambda e: ConfigError(f"{origin}: not UTF-8 text"),
+                OSError: lambda e: ConfigError(f"{origin}: cannot read: {os_reason(e)}"),
+                tomllib.TOMLDecodeError: lambda e: ConfigError(f"{origin}: invalid TOML: {e}"),
+            }
+        ):
+            document = tomllib.loads(file.read_text(encoding="utf-8"))
     try:
         origins: dict[str, str] = {}
         document = _merge(document, env_overrides(environ, origins))
