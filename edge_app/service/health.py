@@ -41,23 +41,24 @@ class HealthMonitor:
         with self._lock:
             self._progress = (-1, time.monotonic())
 
-    def decide(self, stats: PipelineStats | None) -> HealthState:
+    def decide(self, stats: PipelineStats | dict | None) -> HealthState:
+        """The state for a snapshot (``Pipeline.snapshot()``, or its ``stats()`` dict)."""
         if stats is None:
             return HealthState.STARTING
-        source_state = stats.source_state
+        source_state = stats["source_state"]
         with self._lock:
             now = time.monotonic()
             if source_state in (PipelineState.RETRYING, PipelineState.ENDED, PipelineState.FAILED):
-                self._progress = (stats.frames, now)
-            elif stats.frames != self._progress[0]:
-                self._progress = (stats.frames, now)
+                self._progress = (stats["frames"], now)
+            elif stats["frames"] != self._progress[0]:
+                self._progress = (stats["frames"], now)
             stall_s = self.stall_s
             stalled = (
-                now - self._progress[1] > stall_s or now - stats.heartbeat > stall_s
+                now - self._progress[1] > stall_s or now - stats["heartbeat"] > stall_s
             ) and source_state == PipelineState.RUNNING
             if stalled:
                 state = HealthState.STALLED
-            elif source_state == PipelineState.RUNNING and stats.results == 0:
+            elif source_state == PipelineState.RUNNING and stats["results"] == 0:
                 state = HealthState.STARTING
             else:
                 state = HealthState(str(source_state))
@@ -65,14 +66,14 @@ class HealthMonitor:
         return state
 
 
-def health_report(stats: PipelineStats | None, state: HealthState) -> tuple[bool, dict]:
+def health_report(stats: PipelineStats | dict | None, state: HealthState) -> tuple[bool, dict]:
     """(healthy, the /healthz body) for a snapshot and the state decided from it."""
     if stats is None:
         return False, {"status": "starting"}
     detail = {
         "status": "ok" if state == HealthState.RUNNING else str(state),
-        "source_state": str(stats.source_state),
-        "results": stats.results,
-        "heartbeat_age_s": round(time.monotonic() - stats.heartbeat, 3),
+        "source_state": str(stats["source_state"]),
+        "results": stats["results"],
+        "heartbeat_age_s": round(time.monotonic() - stats["heartbeat"], 3),
     }
     return state == HealthState.RUNNING, detail

@@ -248,7 +248,7 @@ class Service:
             if state == HealthState.FAILED:
                 return 1  # inference itself failed: let systemd restart the service
             now = time.monotonic()
-            if not self.ready and (stats.results > 0 or state == HealthState.RETRYING):
+            if not self.ready and (stats["results"] > 0 or state == HealthState.RETRYING):
                 self.ready = True
                 self.notifier.ready(self.status_text(stats))
                 log.info("ready (%s)", self.status_text(stats))
@@ -260,11 +260,11 @@ class Service:
                 next_status = now + self.config.service.status_interval
         return 0
 
-    def _health(self, stats: PipelineStats | None) -> HealthState:
+    def _health(self, stats: PipelineStats | dict | None) -> HealthState:
         """starting, running, retrying, ended, failed, or stalled (``service.health``)."""
         return self._monitor.decide(stats)
 
-    def _announce(self, state: HealthState, previous: str | None, stats: PipelineStats) -> None:
+    def _announce(self, state: HealthState, previous: str | None, stats) -> None:
         """Log each health change once."""
         if state == "stalled":
             log.error(
@@ -279,15 +279,15 @@ class Service:
         elif state == "ended":
             log.info("source ended; still serving the last result")
         elif state == "failed":
-            log.error("pipeline failed: %s", stats.error or "see the log above")
+            log.error("pipeline failed: %s", stats["error"] or "see the log above")
 
-    def status_text(self, stats: PipelineStats) -> str:
+    def status_text(self, stats: PipelineStats | dict) -> str:
         state = self.health_state
         if state == HealthState.RETRYING:
             return "camera unavailable: retrying with backoff"
         text = (
-            f"{state}: {stats.inference_fps:.1f} FPS inference, "
-            f"{stats.camera_fps:.1f} FPS camera, {stats.invoke_ms:.1f} ms invoke"
+            f"{state}: {stats['inference_fps']:.1f} FPS inference, "
+            f"{stats['camera_fps']:.1f} FPS camera, {stats['invoke_ms']:.1f} ms invoke"
         )
         latest = self.pipeline.latest() if self.pipeline else None
         if latest is not None and latest[0].top:
