@@ -40,8 +40,11 @@ def flag_decls(f) -> list[str]:
 def setting_option(f, **overrides):
     """One click option for a settings field: default, choices and help from it."""
     meta = f.metadata
-    help_text = meta["doc"][:1].upper() + meta["doc"][1:] + "." if meta["doc"] else None
-    kwargs: dict = {"default": f.default, "show_default": True, "help": help_text}
+    help_text = meta["doc"]
+    if meta["lo"] is not None and meta["hi"] is not None:
+        help_text += f"; {meta['lo']} to {meta['hi']}"
+    help_text = help_text + "." if help_text else None
+    kwargs: dict = {"default": f.default, "show_default": f.default != "", "help": help_text}
     if meta["kind"] == "bool":
         kwargs["is_flag"] = True
         kwargs["show_default"] = bool(f.default)
