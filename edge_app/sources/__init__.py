@@ -153,7 +153,7 @@ def plan_source(
         from edge_app.sources.opencv_source import OpenCVCameraSource
 
         if hflip or vflip:
-            log.warning("--hflip/--vflip apply to Pi cameras only; ignored for %s", device)
+            log.warning("hflip and vflip apply to Pi cameras only; ignored for %s", device)
         return SourcePlan(lambda _: OpenCVCameraSource(device, size=size, fps=fps), str(device))
 
     if spec == "auto":
@@ -175,7 +175,7 @@ def plan_source(
 
     path = Path(spec).expanduser()
     if not path.exists():
-        raise SourceError(f"--source {spec}: no such file (a source is {SPEC_HELP})")
+        raise SourceError(f"source {spec}: no such file (a source is {SPEC_HELP})")
     return SourcePlan(lambda _: VideoFileSource(path, pace=pace, loop=loop), str(path))
 
 

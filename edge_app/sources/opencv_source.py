@@ -155,7 +155,7 @@ class VideoFileSource(_CaptureSource):
         if not self.path.exists():
             raise SourceError(f"video file not found: {self.path}")
         if self.path.is_dir():
-            raise SourceError(f"--source is a folder, not a video file: {self.path}")
+            raise SourceError(f"source is a folder, not a video file: {self.path}")
         if not os.access(self.path, os.R_OK):
             raise SourceError(f"cannot read video file {self.path}: permission denied")
         cap = self._capture()
