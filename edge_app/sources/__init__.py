@@ -175,7 +175,7 @@ def plan_source(
 
     path = Path(spec).expanduser()
     if not path.exists():
-        raise SourceError(f"source {spec}: no such file (a source is {SPEC_HELP})")
+        raise SourceError(f"--source {spec}: no such file (a source is {SPEC_HELP})")
     return SourcePlan(lambda _: VideoFileSource(path, pace=pace, loop=loop), str(path))
 
 
