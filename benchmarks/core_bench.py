@@ -19,9 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_app.batch.bench import percentile
 from edge_app.inference.classifier import Classifier
 from edge_app.inference.runtime import default_threads
+from edge_app.measure import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("EDGE_APP_SHARED", ROOT.parent / "shared")).resolve()

@@ -450,3 +450,39 @@ def test_keys_pause_snapshot_and_quit(xserver, int8_model, demo_video, tmp_path)
     expected = rendered_line(OVERLAY.prediction_text(top["score"], top["label"]), 0,
                              LAYOUT.text_x, LAYOUT.text_x - 2)  # fmt: skip
     assert overlap(top_line_ink(image), expected) > 0.8
+
+
+def test_a_snapshot_that_cannot_be_saved_is_one_line_and_the_run_goes_on(
+    xserver, int8_model, demo_video, tmp_path
+):
+    display, screen_file = xserver
+    keyboard = Keyboard(display)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    run = EdgeAppRun(display, "--source", str(demo_video), "--loop", "--snapshot-dir",
+                     str(blocker / "snaps"), model=int8_model)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while (corner := find_window(read_screen(screen_file))) is None:
+            assert run.running(), run.errors
+            assert time.monotonic() < deadline, "the window never showed the overlay"
+            time.sleep(0.1)
+        x, y = corner
+        keyboard.press("s", x + 320, y + 240)
+        while not any("cannot save a snapshot" in line for line in run.stderr):
+            assert run.running(), run.errors
+            assert time.monotonic() < deadline, "no message after pressing s"
+            time.sleep(0.1)
+        assert run.running(), run.errors  # still classifying
+        keyboard.press("q", x + 320, y + 240)
+        code = run.finish()
+    finally:
+        keyboard.close()
+        run.finish(0)
+    assert code == 0, run.errors
+    text = "".join(run.stderr)
+    assert "Traceback" not in text
+    (line,) = [line for line in run.stderr if "cannot save a snapshot" in line]
+    assert line.startswith("edge-app: ERROR: cannot save a snapshot in ")
+    assert "Not a directory" in line
+    assert "results" in run.stderr[-1]  # the summary line

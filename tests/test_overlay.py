@@ -147,3 +147,28 @@ def test_snapshot_writes_the_annotated_png_and_its_json(tmp_path, parrot_result)
     assert record["result"] == json.loads(json.dumps(parrot_result.to_json()))
     again = save_snapshot(tmp_path / "snaps", image, parrot_result)
     assert again != png and again.exists()  # never overwrites
+
+
+def test_a_snapshot_into_an_unwritable_folder_is_one_logged_line(tmp_path, parrot_result, caplog):
+    """Pressing `s` with --snapshot-dir under a file: one error line, the run goes on."""
+    from edge_app.errors import OutputError
+    from edge_app.live.display import LiveDisplay
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    image = np.full((480, 640, 3), 90, np.uint8)
+    with pytest.raises(OutputError, match=f"cannot save a snapshot in {blocker / 'snaps'}"):
+        save_snapshot(blocker / "snaps", image, parrot_result)
+
+    class NoPipeline:  # the display reads only latest() when it is made
+        def latest(self):
+            return None
+
+    display = LiveDisplay(NoPipeline(), Overlay(), window=None, snapshot_dir=blocker / "snaps")
+    display._last_image, display._last_result = image, parrot_result
+    caplog.set_level("INFO")
+    assert display.snapshot() is None
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "Not a directory" in errors[0].getMessage()
+    assert "\n" not in errors[0].getMessage()
+    assert list(tmp_path.iterdir()) == [blocker]

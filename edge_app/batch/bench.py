@@ -6,9 +6,9 @@ import time
 
 import numpy as np
 
+from edge_app.measure import percentile
 
-def percentile(values, q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else 0.0
+__all__ = ["measure_invoke", "percentile", "summarize_ms"]
 
 
 def summarize_ms(samples_ms: list[float]) -> dict:

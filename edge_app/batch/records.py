@@ -17,7 +17,7 @@ FORMATS = ("table", "jsonl", "csv")
 
 
 class JsonlWriter:
-    def __init__(self, stream: TextIO, top_k: int):
+    def __init__(self, stream: TextIO):
         self.stream = stream
 
     def write(self, record: dict) -> None:
@@ -83,7 +83,14 @@ class TableWriter:
         self.stream.flush()
 
 
-WRITERS = {"jsonl": JsonlWriter, "csv": CsvWriter, "table": TableWriter}
+def make_writer(fmt: str, stream: TextIO, top_k: int, header: bool = True):
+    """The writer for ``fmt``; ``top_k`` sizes the CSV columns and the table's lines,
+    ``header`` (CSV) is off when appending to an existing file."""
+    if fmt == "jsonl":
+        return JsonlWriter(stream)
+    if fmt == "csv":
+        return CsvWriter(stream, top_k, header=header)
+    return TableWriter(stream, top_k)
 
 
 def done_paths(path: Path, fmt: str) -> set[str]:

@@ -6,7 +6,8 @@ import json
 
 import click
 
-from edge_app.inference.runtime import RUNTIME_CHOICES, default_threads
+from edge_app.inference.runtime import default_threads
+from edge_app.settings import DEFAULT_MODEL, RUNTIME_CHOICES
 
 
 def parse_threads(value: str | None) -> list[int]:
@@ -31,7 +32,7 @@ def parse_threads(value: str | None) -> list[int]:
     "models",
     multiple=True,
     metavar="NAME|PATH",
-    help="Model(s) to measure; repeat the option. Default: mobilenet_v1_1.0_224_int8.",
+    help=f"Model(s) to measure; repeat the option. Default: {DEFAULT_MODEL}.",
 )
 @click.option(
     "--threads",
@@ -64,7 +65,7 @@ def bench(models, threads, xnnpack, compare_xnnpack, runtime, runs, warmup, as_j
       edge-app bench -m mobilenet_v1_1.0_224_int8 -m mobilenet_v1_1.0_224_quant --json
     """
     from edge_app.batch.bench import measure_invoke
-    from edge_app.inference.classifier import DEFAULT_MODEL, Classifier
+    from edge_app.inference.classifier import Classifier
 
     thread_list = parse_threads(threads)
     delegate_settings = [True, False] if compare_xnnpack else [xnnpack]

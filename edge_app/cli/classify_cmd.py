@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from edge_app.batch.records import FORMATS, WRITERS, done_paths, fsync_close, open_output
+from edge_app.batch.records import FORMATS, done_paths, fsync_close, make_writer, open_output
 from edge_app.cli.options import classifier_options, pop_classifier_kwargs
 from edge_app.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
 
@@ -123,9 +123,7 @@ def classify(paths, recursive, workers, fmt, output, resume, full_decode, progre
     classifier, classifier_kwargs = plan.classifier, plan.classifier_kwargs
     workers, threads = plan.workers, plan.threads
     stream, existing = open_output(output, resume)
-    writer = WRITERS[fmt](
-        stream, classifier_kwargs["top_k"], **({"header": not existing} if fmt == "csv" else {})
-    )
+    writer = make_writer(fmt, stream, classifier_kwargs["top_k"], header=not existing)
 
     err = click.get_text_stream("stderr")
     if progress is None:

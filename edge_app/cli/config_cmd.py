@@ -17,15 +17,23 @@ def config() -> None:
 @config.command("check")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-q", "--quiet", is_flag=True, help="No summary: only errors and the exit code.")
-def check(file: Path, quiet: bool) -> None:
+@click.option(
+    "--explain", is_flag=True, help="Also list every key with its default, range and meaning."
+)
+def check(file: Path, quiet: bool, explain: bool) -> None:
     """Check FILE (with EDGE_APP_* overrides applied): exit 0 when the service would
     accept it, else one line naming the file and the key, and exit 2."""
     from edge_app.service.config import describe, load_config
+    from edge_app.service.config import explain as explain_keys
 
     cfg = load_config(file)
     if not quiet:
         click.echo(f"{file}: OK")
         for line in describe(cfg):
+            click.echo(f"  {line}")
+    if explain:
+        click.echo("keys:")
+        for line in explain_keys():
             click.echo(f"  {line}")
 
 

@@ -8,7 +8,7 @@ import os
 import click
 
 from edge_app.errors import EXIT_USAGE, EdgeAppError
-from edge_app.inference.runtime import RUNTIME_CHOICES
+from edge_app.settings import DEFAULT_MODEL, RUNTIME_CHOICES
 
 
 @click.group()
@@ -33,7 +33,6 @@ def list_models(as_json: bool) -> None:
     exactly that file exists: fetch it from a mirror folder (EDGE_APP_MODEL_MIRROR).
     """
     from edge_app.inference.model_store import (
-        DEFAULT_MODEL_NAME,
         MIRROR_ENV,
         load_manifest,
         models_dir,
@@ -44,7 +43,7 @@ def list_models(as_json: bool) -> None:
         rows = [
             {
                 "name": e.name,
-                "default": e.name == DEFAULT_MODEL_NAME,
+                "default": e.name == DEFAULT_MODEL,
                 "file": e.file,
                 "size_bytes": e.size,
                 "input_size": list(e.input_size) if e.input_size else None,
@@ -62,7 +61,7 @@ def list_models(as_json: bool) -> None:
     width = max(len(e.name) for e in entries) + 2
     click.echo(f"  {'name':<{width}}{'size':>8}  {'input':<9}{'type':<9}{'here':<6}source")
     for e in entries:
-        mark = "*" if e.name == DEFAULT_MODEL_NAME else " "
+        mark = "*" if e.name == DEFAULT_MODEL else " "
         size = f"{e.size / 1e6:.1f} MB"
         shape = f"{e.input_size[0]}x{e.input_size[1]}" if e.input_size else "?"
         click.echo(
@@ -75,7 +74,7 @@ def list_models(as_json: bool) -> None:
 
 
 @models.command("info", short_help="I/O, labels, XNNPACK coverage, per-layer cost.")
-@click.argument("model", metavar="NAME|PATH", default="mobilenet_v1_1.0_224_int8")
+@click.argument("model", metavar="NAME|PATH", default=DEFAULT_MODEL)
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
 @click.option(
     "--runtime",
@@ -204,13 +203,13 @@ def fetch_command(ctx: click.Context, names: tuple[str, ...], fetch_all: bool, f
       2. the official download URL, where one exists (`edge-app models list`).
     A file whose checksum does not match is not kept.
     """
-    from edge_app.inference.model_store import DEFAULT_MODEL_NAME, fetch, load_manifest
+    from edge_app.inference.model_store import fetch, load_manifest
 
     if fetch_all and names:
         raise click.UsageError("give model names or --all, not both")
     if fetch_all:
         names = tuple(load_manifest())
-    names = names or (DEFAULT_MODEL_NAME,)
+    names = names or (DEFAULT_MODEL,)
     manifest = load_manifest()
     failures = 0
     for name in names:

@@ -2,85 +2,33 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import queue
 import signal
 import sys
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from edge_app.cli.options import build_classifier, classifier_options, pop_classifier_kwargs
+from edge_app.cli.options import (
+    classifier_options,
+    pipeline_options,
+    pop_model_settings,
+    settings_from_flags,
+    source_options,
+)
+from edge_app.settings import PipelineSettings, SourceSettings
 
 log = logging.getLogger("edge_app.run")
 
 
 def _size(ctx, param, value: str) -> tuple[int, int]:
+    """WIDTHxHEIGHT as two numbers; their bounds are the settings' (source.width...)."""
     try:
         width, height = (int(part) for part in value.lower().split("x"))
     except ValueError:
         raise click.BadParameter("use WIDTHxHEIGHT, e.g. 1280x720") from None
-    if width < 16 or height < 16 or width % 2 or height % 2:
-        raise click.BadParameter("width and height must be even and at least 16")
     return width, height
-
-
-class JsonLinesWriter:
-    """Prints one JSON record per result on its own thread, so a slow reader of stdout
-    never holds up inference. ``lossless`` (every frame matters) waits for room instead
-    of dropping records when the reader falls far behind."""
-
-    _END = object()
-
-    def __init__(self, stream, lossless: bool, capacity: int = 1024):
-        self.stream = stream
-        self.lossless = lossless
-        self.dropped = 0  # records not queued: the reader was too slow
-        self.submitted = 0
-        self.written = 0
-        self.broken = threading.Event()  # the reader went away (e.g. `| head`)
-        self._queue: queue.Queue = queue.Queue(maxsize=capacity)
-        self._thread = threading.Thread(target=self._write, name="edge-app-json", daemon=True)
-        self._thread.start()
-
-    def __call__(self, result, frame) -> None:
-        if self.broken.is_set():
-            return
-        self.submitted += 1
-        try:
-            if self.lossless:
-                self._queue.put(result, timeout=5.0)
-            else:
-                self._queue.put_nowait(result)
-        except queue.Full:
-            self.dropped += 1
-
-    def _write(self) -> None:
-        while True:
-            result = self._queue.get()
-            if result is self._END:
-                return
-            try:
-                self.stream.write(json.dumps(result.to_json()) + "\n")
-                self.stream.flush()
-                self.written += 1
-            except (BrokenPipeError, ValueError, OSError):
-                self.broken.set()
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued; give up after ``timeout`` if stdout stays blocked."""
-        try:
-            self._queue.put(self._END, timeout=timeout)
-        except queue.Full:
-            pass
-        self._thread.join(timeout)
-
-    @property
-    def unwritten(self) -> int:
-        return 0 if self.broken.is_set() else self.submitted - self.written
 
 
 @contextmanager
@@ -113,48 +61,16 @@ def summary_line(summary: dict, json_unwritten: int = 0) -> str:
 
 
 @click.command("run")
-@click.option(
-    "-s",
-    "--source",
-    default="auto",
-    show_default=True,
-    metavar="SPEC",
-    help="auto (a Pi camera, else the first USB/V4L2 camera), picamera2[:N], a camera "
-    "number or /dev/videoN, a video file, or an rtsp:// or http:// URL.",
-)
+@source_options
 @click.option(
     "--size",
     "size",
-    default="640x480",
+    default=f"{SourceSettings.width}x{SourceSettings.height}",
     show_default=True,
     callback=_size,
     metavar="WxH",
     help="Camera picture size (the display stream).",
 )
-@click.option(
-    "--fps",
-    type=click.FloatRange(min=1.0, max=240.0),
-    default=30.0,
-    show_default=True,
-    help="Camera frame rate.",
-)
-@click.option("--hflip", is_flag=True, help="Mirror a Pi camera's picture left-right.")
-@click.option("--vflip", is_flag=True, help="Flip a Pi camera's picture upside down.")
-@click.option(
-    "--buffer-count",
-    type=click.IntRange(min=1, max=16),
-    default=4,
-    show_default=True,
-    help="picamera2 buffers.",
-)
-@click.option(
-    "--pace/--no-pace",
-    default=True,
-    show_default=True,
-    help="Play video files at their frame rate like a camera, or classify every frame "
-    "in order as fast as possible.",
-)
-@click.option("--loop", is_flag=True, help="Repeat a video file.")
 @click.option("--headless", is_flag=True, help="No window (the default when there is no display).")
 @click.option("--fullscreen", is_flag=True, help="Full-screen window.")
 @click.option("--json", "json_lines", is_flag=True, help="Print one JSON record per result.")
@@ -165,24 +81,7 @@ def summary_line(summary: dict, json_unwritten: int = 0) -> str:
     metavar="SECONDS",
     help="Stop after this long.",
 )
-@click.option(
-    "--smooth",
-    type=click.FloatRange(0.0, 1.0, max_open=True),
-    default=0.0,
-    is_flag=False,
-    flag_value=0.7,
-    show_default=True,
-    help="Average scores over recent results so the label does not flicker "
-    "(0: off; --smooth alone: 0.7). --json records then carry the smoothed top-k.",
-)
-@click.option(
-    "--hysteresis",
-    type=click.FloatRange(0.0, 1.0),
-    default=None,
-    metavar="MARGIN",
-    help="Keep the shown label until another scores this much higher. "
-    "Default: 0.1 with --smooth, else 0.",
-)
+@pipeline_options
 @click.option(
     "--snapshot-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -201,44 +100,32 @@ def run(**kwargs) -> None:
       edge-app run --source demo.mp4 --loop
       edge-app run --source rtsp://cam.local/stream --headless --json
     """
-    from edge_app.live.pipeline import Pipeline
-    from edge_app.sources import make_source
-    from edge_app.sources.picamera2_source import Picamera2Source
+    from edge_app.live.assembly import build_pipeline
+    from edge_app.live.sinks import JsonLinesWriter
 
-    classifier_kwargs = pop_classifier_kwargs(kwargs)
-    hysteresis = kwargs["hysteresis"]
-    if hysteresis is None:
-        hysteresis = 0.1 if kwargs["smooth"] > 0 else 0.0
+    width, height = kwargs.pop("size")
+    source_settings = settings_from_flags(
+        SourceSettings,
+        "source",
+        kwargs,
+        given={"width": (width, "--size"), "height": (height, "--size")},
+    )
+    model_settings = pop_model_settings(kwargs)
+    pipeline_settings = settings_from_flags(PipelineSettings, "pipeline", kwargs)
 
     window_reason = _no_window_reason(kwargs["headless"])
-    # The source first: a wrong path or no camera is reported before a model is loaded
-    # (or fetched).
-    source = make_source(
-        kwargs["source"],
-        size=kwargs["size"],
-        fps=kwargs["fps"],
-        hflip=kwargs["hflip"],
-        vflip=kwargs["vflip"],
-        buffer_count=kwargs["buffer_count"],
-        pace=kwargs["pace"],
-        loop=kwargs["loop"],
-    )
-    classifier = build_classifier(**classifier_kwargs)
-    if isinstance(source, Picamera2Source):  # let the ISP scale to the model's size
-        model_height, model_width = classifier.input_size
-        source.model_size = (model_width, model_height)
-    pipeline = Pipeline(
-        source,
-        classifier,
-        smooth=kwargs["smooth"],
-        hysteresis=hysteresis,
+    pipeline = build_pipeline(
+        source_settings,
+        model_settings,
+        pipeline_settings,
         max_results=kwargs["max_frames"],
         duration=kwargs["duration"],
     )
+    source, classifier = pipeline.source, pipeline.classifier
     writer = None
     if kwargs["json_lines"]:
         writer = JsonLinesWriter(sys.stdout, lossless=source.lossless)
-        pipeline.add_listener(writer)
+        pipeline.add_sink(writer)
 
     with _sigterm_as_interrupt():
         try:
@@ -273,7 +160,7 @@ def _no_window_reason(headless: bool) -> str | None:
     return None
 
 
-def _wait_headless(pipeline, writer: JsonLinesWriter | None) -> None:
+def _wait_headless(pipeline, writer) -> None:
     while not pipeline.wait(0.2):
         if writer is not None and writer.broken.is_set():
             return
@@ -284,14 +171,15 @@ def _show_window(pipeline, classifier, source, kwargs) -> None:
     from edge_app.live.overlay import Overlay
 
     window = Window(fullscreen=kwargs["fullscreen"])
+    display = LiveDisplay(
+        pipeline,
+        Overlay(classifier.model_name, classifier.top_k),
+        window,
+        snapshot_dir=kwargs["snapshot_dir"],
+        snapshot_extra={"source": source.description, "model": classifier.model_name},
+    )
+    pipeline.add_sink(display)
     try:
-        display = LiveDisplay(
-            pipeline,
-            Overlay(classifier.model_name, classifier.top_k),
-            window,
-            snapshot_dir=kwargs["snapshot_dir"],
-            snapshot_extra={"source": source.description, "model": classifier.model_name},
-        )
         display.run()
     finally:
-        window.close()
+        display.close()

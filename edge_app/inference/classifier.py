@@ -11,14 +11,15 @@ import numpy as np
 
 from edge_app.errors import ConfigError
 from edge_app.inference.labels import load_labels
-from edge_app.inference.model import ModelSpec, inspect_interpreter
+from edge_app.inference.model import ModelSpec, inspect_interpreter, read_model_file
 from edge_app.inference.preprocess import Preprocessor
 from edge_app.inference.runtime import Runtime, default_threads, select_runtime
 from edge_app.results import Prediction
+from edge_app.settings import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "mobilenet_v1_1.0_224_int8"
+__all__ = ["DEFAULT_MODEL", "Classification", "Classifier", "resolve_model_path"]
 
 
 @dataclass(slots=True)
@@ -56,14 +57,14 @@ class Classifier:
         threshold: float = 0.0,
     ):
         if top_k < 1:
-            raise ConfigError("--top-k must be at least 1")
+            raise ConfigError("model.top_k must be at least 1")
         if threads is not None and threads < 1:
-            raise ConfigError("--threads must be at least 1")
+            raise ConfigError("model.threads must be at least 1 (None: all cores)")
         self.model_path = resolve_model_path(model)
         self.runtime = runtime if isinstance(runtime, Runtime) else select_runtime(runtime)
         self.threads = threads or default_threads()
         self.xnnpack = xnnpack
-        model_bytes = self._read(self.model_path)
+        model_bytes = read_model_file(self.model_path)
         self.interpreter = self.runtime.make_interpreter(
             model_content=model_bytes, num_threads=self.threads, xnnpack=xnnpack
         )
@@ -84,19 +85,6 @@ class Classifier:
         quantized = self.spec.output_dtype != np.float32
         self._out_scale = np.float32(self.spec.output_scale if quantized else 1.0)
         self._out_zero = np.float32(self.spec.output_zero_point if quantized else 0.0)
-
-    @staticmethod
-    def _read(path: Path) -> bytes:
-        from edge_app.errors import ModelError
-
-        if not path.exists():
-            raise ModelError(f"model file not found: {path}")
-        if path.is_dir():
-            raise ModelError(f"model path is a folder, not a .tflite file: {path}")
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise ModelError(f"cannot read model {path}: {exc.strerror or exc}") from exc
 
     # -- properties the other seams use -------------------------------------------------
     @property

@@ -6,12 +6,11 @@ A model with one more output than labels has a background class at index 0.
 
 from __future__ import annotations
 
-import io
 import re
-import zipfile
 from pathlib import Path
 
-from edge_app.errors import LabelsError
+from edge_app.errors import LabelsError, ModelError, os_reason, translate
+from edge_app.inference.tflite_meta import embedded_files
 
 _ID_LINE = re.compile(r"^\s*(\d+)\s*(?::|\s)\s*(.+?)\s*$")
 BACKGROUND = "background"
@@ -56,28 +55,34 @@ def fit_labels(parsed: dict[int, str] | list[str], num_outputs: int, where: str)
 
 
 def read_label_file(path: Path) -> dict[int, str] | list[str]:
-    try:
+    with translate(
+        {
+            FileNotFoundError: lambda e: LabelsError(f"labels file not found: {path}"),
+            IsADirectoryError: lambda e: LabelsError(
+                f"labels path is a folder, not a file: {path}"
+            ),
+            OSError: lambda e: LabelsError(f"cannot read labels {path}: {os_reason(e)}"),
+        }
+    ):
         text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError as exc:
-        raise LabelsError(f"labels file not found: {path}") from exc
-    except IsADirectoryError as exc:
-        raise LabelsError(f"labels path is a folder, not a file: {path}") from exc
-    except OSError as exc:
-        raise LabelsError(f"cannot read labels {path}: {exc.strerror or exc}") from exc
     return parse_labels(text, str(path))
 
 
 def embedded_label_text(model_bytes: bytes) -> tuple[str, str] | None:
-    """(file name, text) of the labels in the zip appended to a TFLite model, if any."""
+    """(file name, text) of the labels in the zip appended to a TFLite model, if any
+    (read by ``tflite_meta.embedded_files``; a corrupt zip counts as none here, so the
+    sidecar file is tried next)."""
     try:
-        with zipfile.ZipFile(io.BytesIO(model_bytes)) as archive:
-            names = [n for n in archive.namelist() if n.lower().endswith(".txt")]
-            if not names:
-                return None
-            names.sort(key=lambda n: ("label" not in n.lower(), n))
-            return names[0], archive.read(names[0]).decode("utf-8", errors="replace")
-    except (zipfile.BadZipFile, OSError, KeyError):
+        files = embedded_files(model_bytes)
+    except ModelError:
         return None
+    names = sorted(
+        (n for n in files if n.lower().endswith(".txt")),
+        key=lambda n: ("label" not in n.lower(), n),
+    )
+    if not names:
+        return None
+    return names[0], files[names[0]].decode("utf-8", errors="replace")
 
 
 def sidecar_candidates(model_path: Path) -> list[Path]:

@@ -8,11 +8,22 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app.errors import ModelError
+from edge_app.errors import ModelError, os_reason, translate
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_DTYPES = (np.uint8, np.int8, np.float32)
+
+
+def read_model_file(path: Path) -> bytes:
+    """A model file's bytes, or a ModelError saying plainly why not."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}")
+    if path.is_dir():
+        raise ModelError(f"model path is a folder, not a .tflite file: {path}")
+    with translate({OSError: lambda e: ModelError(f"cannot read model {path}: {os_reason(e)}")}):
+        return path.read_bytes()
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import numpy as np
 from edge_app.errors import LabelsError, ModelError
 from edge_app.inference import tflite_meta
 from edge_app.inference.labels import load_labels
+from edge_app.inference.model import read_model_file
 from edge_app.inference.runtime import select_runtime
 
 DELEGATE_OP = "DELEGATE"
@@ -249,10 +250,7 @@ def _io(details: list[dict], described: list) -> list[dict]:
 def model_info(path, runtime_name: str = "auto") -> dict:
     """Everything ``edge-app models info`` shows, as plain JSON-ready data."""
     path = Path(path)
-    try:
-        model_bytes = path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"cannot read model {path}: {exc.strerror or exc}") from exc
+    model_bytes = read_model_file(path)
     runtime = select_runtime(runtime_name)
     plain = runtime.make_interpreter(path, num_threads=1, xnnpack=False)
     metadata = tflite_meta.read_model_metadata(model_bytes)

@@ -15,8 +15,9 @@ import cv2
 import numpy as np
 
 from edge_app.errors import ConfigError
+from edge_app.settings import CROP_CHOICES
 
-CROP_CHOICES = ("central", "square", "none")
+__all__ = ["CROP_CHOICES", "Preprocessor", "crop_box", "crop_covers"]
 CENTRAL_FRACTION = 0.875  # the standard ImageNet evaluation crop
 
 
@@ -76,10 +77,6 @@ class Preprocessor:
         self._rgb_scratch = (
             np.empty((self.height, self.width, 3), np.uint8) if self.dtype == np.float32 else None
         )
-
-    def region(self, frame: np.ndarray, crop: str | None = None) -> np.ndarray:
-        """The cropped view (no copy) of ``frame`` that the model sees."""
-        return self._region(frame, crop)[0]
 
     def _region(self, frame: np.ndarray, crop: str | None) -> tuple[np.ndarray, int]:
         """(cropped view, area factor): the factor is the power of two (1, 2, 4, 8...)

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_app.errors import ModelError, RuntimeNotFound
+from edge_app.inference.model import read_model_file
+from edge_app.settings import RUNTIME_CHOICES
 
 # name -> (module holding Interpreter, distribution names to read the version from)
 RUNTIMES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -25,7 +27,7 @@ RUNTIMES: dict[str, tuple[str, tuple[str, ...]]] = {
     "tflite_runtime": ("tflite_runtime.interpreter", ("tflite-runtime", "tflite_runtime")),
     "tensorflow": ("tensorflow.lite.python.interpreter", ("tensorflow", "tensorflow-cpu")),
 }
-RUNTIME_CHOICES = ("auto", *RUNTIMES)
+assert RUNTIME_CHOICES == ("auto", *RUNTIMES), "edge_app.settings lists the runtimes"
 
 
 def default_threads() -> int:
@@ -63,15 +65,7 @@ class Runtime:
             )
         where = str(model_path) if model_path is not None else "<model bytes>"
         if model_path is not None:
-            path = Path(model_path)
-            if not path.exists():
-                raise ModelError(f"model file not found: {path}")
-            if path.is_dir():
-                raise ModelError(f"model path is a folder, not a .tflite file: {path}")
-            try:
-                model_content = path.read_bytes()
-            except OSError as exc:
-                raise ModelError(f"cannot read model {path}: {exc.strerror or exc}") from exc
+            model_content = read_model_file(Path(model_path))
         if not model_content or len(model_content) < 8 or model_content[4:8] != b"TFL3":
             raise ModelError(f"not a TFLite model (no TFL3 flatbuffer identifier): {where}")
         try:

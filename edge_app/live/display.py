@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_app.errors import ConfigError
+from edge_app.errors import OutputError, os_reason, translate
 from edge_app.live.overlay import Overlay
 from edge_app.results import Frame, LiveResult
 
@@ -47,19 +47,30 @@ def has_gui() -> bool:
 def save_snapshot(
     folder: Path, image: np.ndarray, result: LiveResult | None, extra: dict | None = None
 ) -> Path:
-    """Write ``edge-app-<time>-f<frame>.png`` and a .json beside it; returns the PNG path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    frame = f"-f{result.frame}" if result is not None else ""
-    png = folder / f"edge-app-{stamp}{frame}.png"
-    n = 1
-    while png.exists():
-        png = folder / f"edge-app-{stamp}{frame}-{n}.png"
-        n += 1
-    if not cv2.imwrite(str(png), image):
-        raise ConfigError(f"cannot write snapshot {png}")
-    record = {"image": png.name, **(extra or {}), "result": result.to_json() if result else None}
-    png.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    """Write ``edge-app-<time>-f<frame>.png`` and a .json beside it; returns the PNG path.
+    Raises OutputError (one line) when the folder or the files cannot be written."""
+    with translate(
+        {
+            OSError: lambda e: OutputError(f"cannot save a snapshot in {folder}: {os_reason(e)}"),
+            cv2.error: lambda e: OutputError(f"cannot save a snapshot in {folder}: {e.err}"),
+        }
+    ):
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        frame = f"-f{result.frame}" if result is not None else ""
+        png = folder / f"edge-app-{stamp}{frame}.png"
+        n = 1
+        while png.exists():
+            png = folder / f"edge-app-{stamp}{frame}-{n}.png"
+            n += 1
+        if not cv2.imwrite(str(png), image):
+            raise OutputError(f"cannot write snapshot {png}")
+        record = {
+            "image": png.name,
+            **(extra or {}),
+            "result": result.to_json() if result else None,
+        }
+        png.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     return png
 
 
@@ -101,7 +112,12 @@ class Window:
 
 
 class LiveDisplay:
-    """Shows the newest frame with the newest result until quit or the run ends."""
+    """Shows the newest frame with the newest result until quit or the run ends.
+
+    A result sink: the pipeline hands it each result (``submit``); the frames it shows
+    are the newest captured (``pipeline.latest_frame()``), so the picture moves at the
+    camera's rate while the labels change at inference's. ``close`` closes the window.
+    """
 
     def __init__(
         self,
@@ -120,6 +136,15 @@ class LiveDisplay:
         self._last_frame: Frame | None = None
         self._last_image: np.ndarray | None = None
         self._last_result: LiveResult | None = None
+        latest = pipeline.latest()  # results from before it was added as a sink
+        self._result: LiveResult | None = latest[0] if latest is not None else None
+
+    def submit(self, result: LiveResult, frame: Frame | None = None) -> None:
+        """Take the newest result (inference thread: one reference, drawn by ``run``)."""
+        self._result = result
+
+    def close(self, timeout: float = 1.0) -> None:
+        self.window.close()
 
     def run(self) -> str:
         """Loop until the user quits ("quit") or the pipeline ends ("ended")."""
@@ -141,8 +166,7 @@ class LiveDisplay:
 
     def _refresh(self) -> None:
         paused = self.pipeline.paused
-        latest = self.pipeline.latest()
-        result = latest[0] if latest is not None else None
+        result = self._result
         frame = self._last_frame if paused and self._last_frame else self.pipeline.latest_frame()
         if frame is None or (frame is self._last_frame and result is self._last_result):
             return
@@ -154,10 +178,15 @@ class LiveDisplay:
         self._last_frame, self._last_result, self._last_image = frame, result, image
 
     def snapshot(self) -> Path | None:
+        """Save what the window shows; a failure is logged in one line and the run goes on."""
         if self._last_image is None:
             return None
-        path = save_snapshot(
-            self.snapshot_dir, self._last_image, self._last_result, self.snapshot_extra
-        )
+        try:
+            path = save_snapshot(
+                self.snapshot_dir, self._last_image, self._last_result, self.snapshot_extra
+            )
+        except OutputError as exc:
+            log.error("%s", exc.message)
+            return None
         log.info("snapshot saved: %s", path)
         return path

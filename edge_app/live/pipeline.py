@@ -26,7 +26,10 @@ from collections.abc import Callable
 import numpy as np
 
 from edge_app.errors import ConfigError, EdgeAppError, SourceError
+from edge_app.live.sinks import ResultSink
 from edge_app.live.smoothing import LabelSmoother
+from edge_app.live.stats import PipelineState, PipelineStats
+from edge_app.measure import percentile
 from edge_app.results import Frame, LiveResult
 from edge_app.sources.base import FrameSource
 
@@ -131,10 +134,6 @@ class LatencyHistogram:
         return self._LOW_MS * math.exp((i + 0.5) * self._STEP)
 
 
-def _percentile(values, q: float) -> float:
-    return float(np.percentile(np.fromiter(values, float), q)) if values else 0.0
-
-
 class Pipeline:
     """Capture -> latest-frame slot -> inference -> listeners; see the module docstring.
 
@@ -160,9 +159,9 @@ class Pipeline:
         if source is None and source_factory is None:
             raise ConfigError("a pipeline needs a source or a source_factory")
         if max_results is not None and max_results < 1:
-            raise ConfigError("--max-frames must be at least 1")
+            raise ConfigError("max_results (--max-frames) must be at least 1")
         if duration is not None and duration <= 0:
-            raise ConfigError("--duration must be positive")
+            raise ConfigError("duration (--duration) must be positive")
         self.source = source
         self.classifier = classifier
         self.crop = crop  # for frames without a model image; None: the classifier's own
@@ -189,7 +188,7 @@ class Pipeline:
         self._newest_frame: Frame | None = None
         self._frames = 0
         self._results = 0
-        self._state = "running"
+        self._state = PipelineState.RUNNING
         self._capture_turn = time.monotonic()
         self._inference_turn = time.monotonic()
         self._camera_rate = RateMeter()
@@ -207,6 +206,10 @@ class Pipeline:
         """``fn(result, frame)`` runs on the inference thread after each result: keep it
         cheap (hand work to your own thread)."""
         self._listeners.append(fn)
+
+    def add_sink(self, sink: ResultSink) -> None:
+        """Hand every result to ``sink.submit`` (closing it stays the owner's job)."""
+        self.add_listener(sink.submit)
 
     def start(self) -> None:
         if self._capture_thread is not None:
@@ -241,8 +244,8 @@ class Pipeline:
         if self._capture_thread is None and self.source is not None:
             self.source.close()  # never started
         with self._lock:
-            if self._state in ("running", "retrying"):
-                self._state = "ended"
+            if self._state in (PipelineState.RUNNING, PipelineState.RETRYING):
+                self._state = PipelineState.ENDED
         self._done.set()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -273,36 +276,41 @@ class Pipeline:
         """The raw (unsmoothed) scores of the newest result."""
         return self._latest_scores
 
-    def stats(self) -> dict:
+    def snapshot(self) -> PipelineStats:
+        """The figures of this moment, typed (see ``edge_app.live.stats``)."""
         now = time.monotonic()
         with self._lock:
             state = self._state
             heartbeat = self._inference_turn
-            if state == "retrying":
+            if state == PipelineState.RETRYING:
                 heartbeat = max(heartbeat, self._capture_turn)
             invoke = tuple(self._invoke_ms)
             latency = tuple(self._latency_ms)
             frames, results = self._frames, self._results
         clf = self.classifier
         runtime = getattr(clf, "runtime", None)
-        return {
-            "frames": frames,
-            "results": results,
-            "dropped": self._slot.dropped,
-            "camera_fps": round(self._camera_rate.rate(now), 2),
-            "inference_fps": round(self._inference_rate.rate(now), 2),
-            "invoke_ms": round(sum(invoke) / len(invoke), 2) if invoke else 0.0,
-            "latency_ms_p50": round(_percentile(latency, 50), 2),
-            "latency_ms_p95": round(_percentile(latency, 95), 2),
-            "source_state": state,
-            "heartbeat": heartbeat,
-            "model": getattr(clf, "model_name", ""),
-            "runtime": runtime.describe() if hasattr(runtime, "describe") else str(runtime),
-            "threads": getattr(clf, "threads", 0),
-            "source": self.source.description if self.source is not None else "",
-            "paused": self.paused,
-            "error": str(self.error) if self.error else None,
-        }
+        return PipelineStats(
+            frames=frames,
+            results=results,
+            dropped=self._slot.dropped,
+            camera_fps=round(self._camera_rate.rate(now), 2),
+            inference_fps=round(self._inference_rate.rate(now), 2),
+            invoke_ms=round(sum(invoke) / len(invoke), 2) if invoke else 0.0,
+            latency_ms_p50=round(percentile(latency, 50), 2),
+            latency_ms_p95=round(percentile(latency, 95), 2),
+            source_state=PipelineState(state),
+            heartbeat=heartbeat,
+            model=getattr(clf, "model_name", ""),
+            runtime=runtime.describe() if hasattr(runtime, "describe") else str(runtime),
+            threads=getattr(clf, "threads", 0),
+            source=self.source.description if self.source is not None else "",
+            paused=self.paused,
+            error=str(self.error) if self.error else None,
+        )
+
+    def stats(self) -> dict:
+        """``snapshot()`` as the plain dict `/api/stats` is built from."""
+        return self.snapshot().as_dict()
 
     def summary(self) -> dict:
         """Whole-run figures for the exit line."""
@@ -320,14 +328,14 @@ class Pipeline:
         }
 
     # -- threads --------------------------------------------------------------------
-    def _set_state(self, state: str) -> None:
+    def _set_state(self, state: PipelineState) -> None:
         with self._lock:
             self._state = state
 
-    def _end(self, state: str) -> None:
+    def _end(self, state: PipelineState) -> None:
         """Finish the run from inside: no more frames; inference drains the slot."""
         with self._lock:
-            if self._state not in ("ended", "failed"):
+            if self._state not in (PipelineState.ENDED, PipelineState.FAILED):
                 self._state = state
         self._stop.set()
         self._slot.close()
@@ -343,7 +351,7 @@ class Pipeline:
             while not self._stop.is_set():
                 self._capture_turn = time.monotonic()
                 if self._time_is_up():
-                    self._end("ended")
+                    self._end(PipelineState.ENDED)
                     break
                 if source is None or not source.is_open:
                     try:
@@ -367,7 +375,7 @@ class Pipeline:
                         log.info("source %s is back; resuming", source.description)
                         retrying, backoff = False, BACKOFF_FIRST_S
                         self.smoother.reset()
-                    self._set_state("running")
+                    self._set_state(PipelineState.RUNNING)
                 if not self._resume.is_set() and not source.live:
                     self._resume.wait(_TURN_S)  # a paused file does not advance
                     continue
@@ -387,7 +395,7 @@ class Pipeline:
                     backoff = min(backoff * 2, BACKOFF_MAX_S)
                     continue
                 if frame is None:
-                    self._end("ended")
+                    self._end(PipelineState.ENDED)
                     break
                 self._camera_rate.tick(time.monotonic())
                 self._newest_frame = frame
@@ -408,7 +416,7 @@ class Pipeline:
         if not self.reconnect:
             self.error = exc
             log.debug("source failed: %s", exc)
-            self._end("failed")
+            self._end(PipelineState.FAILED)
             return False
         if not retrying:
             log.warning(
@@ -416,7 +424,7 @@ class Pipeline:
             )
         else:
             log.debug("retry failed: %s", exc)
-        self._set_state("retrying")
+        self._set_state(PipelineState.RETRYING)
         until = time.monotonic() + backoff
         while not self._stop.is_set():
             self._capture_turn = time.monotonic()
@@ -440,16 +448,16 @@ class Pipeline:
                     if self._slot.closed:
                         break
                     if self._time_is_up():
-                        self._end("ended")
+                        self._end(PipelineState.ENDED)
                     continue
                 self._classify(clf, labels, frame)
                 if self.max_results is not None and self._results >= self.max_results:
-                    self._end("ended")
+                    self._end(PipelineState.ENDED)
                     break
         except Exception as exc:
             log.debug("inference failed", exc_info=True)
             self.error = EdgeAppError(f"inference failed: {type(exc).__name__}: {exc}")
-            self._end("failed")
+            self._end(PipelineState.FAILED)
         finally:
             self._done.set()
 

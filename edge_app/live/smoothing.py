@@ -17,9 +17,9 @@ from edge_app.results import Prediction
 class LabelSmoother:
     def __init__(self, smooth: float = 0.0, hysteresis: float = 0.0):
         if not 0.0 <= smooth < 1.0:
-            raise ConfigError(f"--smooth must be at least 0 and below 1, not {smooth}")
+            raise ConfigError(f"pipeline.smooth must be at least 0 and below 1, not {smooth}")
         if not 0.0 <= hysteresis <= 1.0:
-            raise ConfigError(f"--hysteresis must be between 0 and 1, not {hysteresis}")
+            raise ConfigError(f"pipeline.hysteresis must be from 0 to 1, not {hysteresis}")
         self.smooth = float(smooth)
         self.hysteresis = float(hysteresis)
         self._average: np.ndarray | None = None

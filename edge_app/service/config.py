@@ -22,7 +22,18 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from edge_app.errors import ConfigError
+from edge_app.errors import ConfigError, os_reason, translate
+from edge_app.settings import (
+    LIVE_SECTIONS,
+    ModelSettings,
+    PipelineSettings,
+    SourceSettings,
+    check_live_together,
+    check_value,
+    describe_field,
+    setting,
+    type_name,
+)
 
 ENV_PREFIX = "EDGE_APP_"
 # Variables other parts of the app read, even where they look like a section's key.
@@ -33,52 +44,12 @@ OTHER_VARIABLES = {
     "EDGE_APP_CONFIG",
 }
 DEFAULT_STATE_DIR = "/var/lib/edge-app"
-CROP_CHOICES = ("central", "square", "none")  # edge_app.inference.preprocess, without importing cv2
-RUNTIME_CHOICES = ("auto", "litert", "tflite_runtime", "tensorflow")
+opt = setting  # the service's own sections are declared like the live ones
 
-
-def opt(default, kind: str, *, lo=None, hi=None, lo_open=False, choices=None, doc=""):
-    """A config field: ``kind`` is bool/int/float/str; bounds and choices are checked."""
-    meta = {"kind": kind, "lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices}
-    meta["doc"] = doc
-    return field(default=default, metadata=meta)
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    spec: str = opt("auto", "str", doc="auto, picamera2[:N], 0, /dev/videoN, a file or a URL")
-    width: int = opt(640, "int", lo=16, hi=8192)
-    height: int = opt(480, "int", lo=16, hi=8192)
-    fps: float = opt(30.0, "float", lo=1.0, hi=240.0)
-    pace: bool = opt(True, "bool", doc="play files at their frame rate, like a camera")
-    loop: bool = opt(False, "bool")
-    hflip: bool = opt(False, "bool")
-    vflip: bool = opt(False, "bool")
-    buffer_count: int = opt(4, "int", lo=1, hi=16)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    model: str = opt("mobilenet_v1_1.0_224_int8", "str")
-    labels: str = opt("", "str", doc="empty: the model's embedded labels")
-    runtime: str = opt("auto", "str", choices=RUNTIME_CHOICES)
-    threads: int = opt(0, "int", lo=0, hi=64, doc="0: all cores")
-    xnnpack: bool = opt(True, "bool")
-    crop: str = opt("central", "str", choices=CROP_CHOICES)
-    top_k: int = opt(5, "int", lo=1, hi=1001)
-    threshold: float = opt(0.0, "float", lo=0.0, hi=1.0)
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    smooth: float = opt(0.0, "float", lo=0.0, hi=0.99)
-    hysteresis: float = opt(-1.0, "float", lo=-1.0, hi=1.0, doc="-1: 0.1 with smooth, else 0")
-
-    @property
-    def effective_hysteresis(self) -> float:
-        if self.hysteresis >= 0:
-            return self.hysteresis
-        return 0.1 if self.smooth > 0 else 0.0
+# The live sections are the settings classes themselves: one schema for run and serve.
+SourceConfig = SourceSettings
+ModelConfig = ModelSettings
+PipelineConfig = PipelineSettings
 
 
 @dataclass(frozen=True)
@@ -133,7 +104,7 @@ class TriggerConfig:
     min_score: float = opt(0.5, "float", lo=0.0, hi=1.0)
     cooldown_s: float = opt(10.0, "float", lo=0.0, hi=86400.0)
     dir: str = opt("snapshots", "str", doc="relative paths are in state_dir")
-    max_mb: float = opt(100.0, "float", lo=0.1, hi=1e6, lo_open=False)
+    max_mb: float = opt(100.0, "float", lo=0.1, hi=1e6)
 
 
 @dataclass(frozen=True)
@@ -178,9 +149,7 @@ class ServiceConfig:
 
 
 SECTIONS: dict[str, type] = {
-    "source": SourceConfig,
-    "model": ModelConfig,
-    "pipeline": PipelineConfig,
+    **LIVE_SECTIONS,
     "web": WebConfig,
     "mqtt": MqttConfig,
     "eventlog": EventLogConfig,
@@ -194,66 +163,32 @@ def _topic_safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
 
-def _type_name(value: Any) -> str:
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        dict: "a table",
-        list: "an array",
-    }.get(type(value), type(value).__name__)
-
-
 def _suggest(word: str, candidates) -> str:
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _check_value(key: str, value: Any, meta: dict) -> Any:
-    """``value`` for a field with ``meta``, or a ConfigError message naming ``key``."""
-    kind = meta["kind"]
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if kind == "str":
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {_type_name(value)} {value!r}")
-        if meta["choices"] and value not in meta["choices"]:
-            choices = ", ".join(repr(c) for c in meta["choices"])
-            raise ConfigError(f"{key} must be one of {choices}, got {value!r}")
-        return value
-    if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {_type_name(value)} {value!r}")
-    elif kind == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key} must be a number, got {_type_name(value)} {value!r}")
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{key} must be a finite number, got {value!r}")
-        value = float(value)
-    lo, hi = meta["lo"], meta["hi"]
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ConfigError(f"{key} must be from {lo} to {hi}, got {value!r}")
-    return value
-
-
-def _build(cls: type, table: Any, where: str) -> Any:
-    """A ``cls`` from a TOML table; ``where`` is the dotted key prefix for messages."""
+def _build(cls: type, table: Any, where: str, origins: dict[str, str]) -> Any:
+    """A ``cls`` from a TOML table; ``where`` is the dotted key prefix for messages and
+    ``origins`` names the variables that set a dotted key (``web.port``)."""
     if not isinstance(table, dict):
-        raise ConfigError(f"{where} must be a table ([{where}]), got {_type_name(table)}")
+        raise ConfigError(f"{where} must be a table ([{where}]), got {type_name(table)}")
     known = {f.name: f for f in fields(cls)}
     values = {}
     for name, value in table.items():
         if name not in known:
             raise ConfigError(f"unknown key '{where}.{name}'{_suggest(name, known)}")
         sub = known[name]
+        key = f"{where}.{name}"
         if "kind" not in sub.metadata:  # a nested table such as mqtt.tls
-            values[name] = _build(SUBTABLES[(where, name)], value, f"{where}.{name}")
+            values[name] = _build(SUBTABLES[(where, name)], value, key, origins)
         else:
-            values[name] = _check_value(f"{where}.{name}", value, sub.metadata)
-    return cls(**values)
+            values[name] = check_value(key, value, sub.metadata, origins.get(key, ""))
+    built = cls(**values)
+    if cls in LIVE_SECTIONS.values():
+        mine = {k[len(where) + 1 :]: v for k, v in origins.items() if k.startswith(where + ".")}
+        check_live_together(built, where, mine)
+    return built
 
 
 def _env_value(text: str, kind: str) -> Any:
@@ -275,8 +210,9 @@ def _env_value(text: str, kind: str) -> Any:
     return text
 
 
-def env_overrides(environ: dict[str, str]) -> dict[str, dict]:
-    """``EDGE_APP_*`` variables as a TOML-like document of overrides."""
+def env_overrides(environ: dict[str, str], origins: dict | None = None) -> dict[str, dict]:
+    """``EDGE_APP_*`` variables as a TOML-like document of overrides; ``origins`` (when
+    given) gets the variable's name for each dotted key it sets, for messages."""
     document: dict[str, dict] = {}
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX) or name in OTHER_VARIABLES:
@@ -287,10 +223,12 @@ def env_overrides(environ: dict[str, str]) -> dict[str, dict]:
             continue  # another part of the app's variable (EDGE_APP_SHARED, ...)
         cls = SECTIONS[section]
         table = document.setdefault(section, {})
+        dotted = section
         for (sec, sub), sub_cls in SUBTABLES.items():
             if sec == section and key.startswith(sub + "_"):
                 cls, key = sub_cls, key[len(sub) + 1 :]
                 table = table.setdefault(sub, {})
+                dotted = f"{section}.{sub}"
                 break
         meta = {f.name: f.metadata for f in fields(cls) if "kind" in f.metadata}
         if key not in meta:
@@ -299,6 +237,8 @@ def env_overrides(environ: dict[str, str]) -> dict[str, dict]:
                 f"{_suggest(key, meta)}"
             )
         table[key] = _env_value(environ[name], meta[key]["kind"])
+        if origins is not None:
+            origins[f"{dotted}.{key}"] = name
     return document
 
 
@@ -312,19 +252,23 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def from_document(document: dict, *, origin: str = "") -> ServiceConfig:
-    """A checked ServiceConfig from a parsed TOML document (env overrides merged in)."""
+def from_document(
+    document: dict, *, origin: str = "", origins: dict[str, str] | None = None
+) -> ServiceConfig:
+    """A checked ServiceConfig from a parsed TOML document (env overrides merged in;
+    ``origins`` names the variable behind each overridden dotted key)."""
+    origins = origins or {}
     values: dict[str, Any] = {}
     for name, table in document.items():
         if name in SECTIONS:
-            values[name] = _build(SECTIONS[name], table, name)
+            values[name] = _build(SECTIONS[name], table, name, origins)
         elif name in ARRAY_SECTIONS:
             if isinstance(table, dict):
                 table = [table]
             if not isinstance(table, list):
                 raise ConfigError(f"{name} must be an array of tables ([[{name}]])")
             values[name] = tuple(
-                _build(ARRAY_SECTIONS[name], item, f"{name}[{i + 1}]")
+                _build(ARRAY_SECTIONS[name], item, f"{name}[{i + 1}]", origins)
                 for i, item in enumerate(table)
             )
         else:
@@ -354,10 +298,6 @@ def _check_together(config: ServiceConfig) -> None:
         )
     if web.token and len(web.token) < 8:
         raise ConfigError("web.token must be at least 8 characters")
-    if not config.source.spec.strip():
-        raise ConfigError("source.spec must not be empty (use 'auto' for the camera)")
-    if not config.model.model.strip():
-        raise ConfigError("model.model must not be empty")
     mqtt = config.mqtt
     for key in ("prefix", "device_id"):
         value = getattr(mqtt, key)
@@ -436,29 +376,42 @@ def load_config(
     document: dict = {}
     if path is not None:
         file = Path(path).expanduser()
-        try:
-            text = file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{origin}: no such config file") from None
-        except IsADirectoryError:
-            raise ConfigError(f"{origin}: is a folder, not a config file") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{origin}: not UTF-8 text") from None
-        except OSError as exc:
-            raise ConfigError(f"{origin}: cannot read: {exc.strerror or exc}") from None
-        try:
-            document = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{origin}: invalid TOML: {exc}") from None
+        with translate(
+            {
+                FileNotFoundError: lambda e: ConfigError(f"{origin}: no such config file"),
+                IsADirectoryError: lambda e: ConfigError(
+                    f"{origin}: is a folder, not a config file"
+                ),
+                UnicodeDecodeError: lambda e: ConfigError(f"{origin}: not UTF-8 text"),
+                OSError: lambda e: ConfigError(f"{origin}: cannot read: {os_reason(e)}"),
+                tomllib.TOMLDecodeError: lambda e: ConfigError(f"{origin}: invalid TOML: {e}"),
+            }
+        ):
+            document = tomllib.loads(file.read_text(encoding="utf-8"))
     try:
-        document = _merge(document, env_overrides(environ))
-        config = from_document(document, origin=origin)
+        origins: dict[str, str] = {}
+        document = _merge(document, env_overrides(environ, origins))
+        config = from_document(document, origin=origin, origins=origins)
         if path is not None:
             config = _resolve_beside(config, Path(path).expanduser().resolve().parent)
         _check_files(config)
     except ConfigError as exc:
         raise ConfigError(f"{origin}: {exc.message}") from None
     return config
+
+
+def explain() -> list[str]:
+    """Every key with its default, bounds or choices and help (``config check --explain``)."""
+    tables = [
+        *SECTIONS.items(),
+        *((f"{sec}.{sub}", cls) for (sec, sub), cls in SUBTABLES.items()),
+        *((f"[{name}]", cls) for name, cls in ARRAY_SECTIONS.items()),
+    ]
+    lines = []
+    for section, cls in tables:
+        lines.append(f"[{section}]")
+        lines.extend("  " + describe_field(section, f) for f in fields(cls) if "kind" in f.metadata)
+    return lines
 
 
 def describe(config: ServiceConfig) -> list[str]:

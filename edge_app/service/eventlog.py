@@ -18,6 +18,9 @@ import queue
 import threading
 from pathlib import Path
 
+from edge_app.errors import ConfigError, os_reason
+from edge_app.live.sinks import end_worker
+
 log = logging.getLogger(__name__)
 
 
@@ -122,9 +125,8 @@ class EventLog:
             )
             self._size = os.fstat(self._fd).st_size
         except OSError as exc:
-            from edge_app.errors import ConfigError
-
-            raise ConfigError(f"eventlog.path {self.path}: {exc.strerror or exc}") from None
+            # At start (or reload) the path is the config's: the user fixes the config.
+            raise ConfigError(f"eventlog.path {self.path}: {os_reason(exc)}") from exc
         self._trim_partial_tail()
 
     def _trim_partial_tail(self) -> None:
@@ -175,12 +177,7 @@ class EventLog:
 
     def close(self, timeout: float = 1.0) -> None:
         """Write what is queued (for at most ``timeout``), then close the file."""
-        try:
-            self._queue.put(self._END, timeout=timeout)
-        except queue.Full:
-            pass
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+        if not end_worker(self._queue, self._END, self._thread, timeout):
             log.warning(
                 "event log %s: %d records not written at exit", self.path, self._queue.qsize()
             )

@@ -146,12 +146,12 @@ class JpegFeed:
     def closed(self) -> bool:
         return self._closed
 
-    def close(self) -> None:
+    def close(self, timeout: float = 2.0) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         self._input.close()
-        self._thread.join(2.0)
+        self._thread.join(timeout)
 
     # -- the encoder thread ------------------------------------------------------------
     def _run(self) -> None:

@@ -18,16 +18,17 @@ from dataclasses import replace
 from pathlib import Path
 
 from edge_app import __version__
-from edge_app.errors import CameraUnavailable, ConfigError, EdgeAppError
+from edge_app.errors import ConfigError, EdgeAppError
+from edge_app.live.stats import PipelineStats
 from edge_app.service.config import ServiceConfig, load_config
 from edge_app.service.frames import JpegFeed, LatestBoard
-from edge_app.service.metrics import MetricsText
+from edge_app.service.health import HealthMonitor, HealthState, health_report
+from edge_app.service.metrics import ServiceFigures, render_metrics
 from edge_app.service.notify import Notifier
 
 log = logging.getLogger("edge_app.serve")
 
 TICK_S = 0.2
-SOURCE_STATES = ("starting", "running", "retrying", "ended", "failed")
 
 
 class Service:
@@ -63,20 +64,22 @@ class Service:
         self.reload_failures = 0
         self.ready = False
         self._shut_down = False
-        self.health_state = "starting"
         # Health is decided from the same stats snapshot a client is shown, at the moment it
         # asks (not on the main loop's tick), so /healthz, /api/latest and /api/stats agree.
-        self._health_lock = threading.Lock()
-        self._progress = (-1, time.monotonic())  # (frames, when that count was first seen)
+        self._monitor = HealthMonitor(config.service.stall_s)
+
+    @property
+    def health_state(self) -> HealthState:
+        return self._monitor.state
 
     # -- wiring ----------------------------------------------------------------------------
     def _on_result(self, result, frame) -> None:
-        """The pipeline's one listener (inference thread): references only."""
+        """The pipeline's one listener (inference thread): references only. Every output
+        is a result sink (``edge_app.live.sinks.ResultSink``)."""
         self.results.publish(result)
-        self.feed.submit(result, frame)
-        for output in (self.mqtt, self.eventlog, self.triggers):
-            if output is not None:
-                output.submit(result, frame)
+        for sink in (self.feed, self.mqtt, self.eventlog, self.triggers):
+            if sink is not None:
+                sink.submit(result, frame)
 
     def _draw_live(self, image, result):
         overlay = self._overlay
@@ -87,56 +90,22 @@ class Service:
         return overlay.draw(image, result) if overlay is not None else image
 
     def build_pipeline(self, config: ServiceConfig):
-        """A ready (not started) pipeline, its classifier loaded and its source checked."""
-        from edge_app.cli.options import build_classifier
+        """A ready (not started) pipeline, its classifier loaded and its source checked,
+        with the overlays for the live picture and the triggers."""
+        from edge_app.live.assembly import build_pipeline
         from edge_app.live.overlay import Overlay
-        from edge_app.live.pipeline import Pipeline
-        from edge_app.sources import make_source
-
-        m, s = config.model, config.source
-        classifier = build_classifier(
-            model=m.model,
-            labels=m.labels or None,
-            runtime=m.runtime,
-            threads=m.threads or None,
-            xnnpack=m.xnnpack,
-            crop=m.crop,
-            top_k=m.top_k,
-            threshold=m.threshold,
-        )
-        model_height, model_width = classifier.input_size
-
-        def make() -> object:
-            return make_source(
-                s.spec,
-                size=(s.width, s.height),
-                fps=s.fps,
-                model_size=(model_width, model_height),
-                hflip=s.hflip,
-                vflip=s.vflip,
-                buffer_count=s.buffer_count,
-                pace=s.pace,
-                loop=s.loop,
-                **self.source_options,
-            )
 
         # A wrong file name or URL scheme fails now, in one line; a camera that is busy
         # or missing is retried by the pipeline while the service stays up.
-        try:
-            source = make()
-            source.open()
-        except CameraUnavailable as exc:
-            log.warning("%s; retrying with backoff while the web view and API stay up", exc)
-            source = None
-        pipeline = Pipeline(
-            source,
-            classifier,
-            smooth=config.pipeline.smooth,
-            hysteresis=config.pipeline.effective_hysteresis,
+        pipeline = build_pipeline(
+            config.source,
+            config.model,
+            config.pipeline,
             reconnect=True,
-            source_factory=make,
+            source_options=self.source_options,
         )
         pipeline.add_listener(self._on_result)
+        classifier = pipeline.classifier
         overlays = (
             Overlay(classifier.model_name, classifier.top_k),
             Overlay(classifier.model_name, classifier.top_k),
@@ -146,7 +115,7 @@ class Service:
     def _start_pipeline(self, pipeline, overlays) -> None:
         self._overlay, self._trigger_overlay = overlays
         self.pipeline = pipeline
-        self._progress = (-1, time.monotonic())
+        self._monitor.restart()
         pipeline.start()
         clf = pipeline.classifier
         log.info(
@@ -204,8 +173,8 @@ class Service:
     def _mqtt_status(self) -> dict:
         pipeline = self.pipeline
         if pipeline is None:
-            return {"source_state": "starting"}
-        return {"source_state": self.health_state, "model": pipeline.classifier.model_name}
+            return {"source_state": str(HealthState.STARTING)}
+        return {"source_state": str(self.health_state), "model": pipeline.classifier.model_name}
 
     # -- running ---------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -271,19 +240,19 @@ class Service:
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
-            stats = self.pipeline.stats()
+            stats = self.pipeline.snapshot()
             state = self._health(stats)
             if state != announced:
                 self._announce(state, announced, stats)
                 announced = state
-            if state == "failed":
+            if state == HealthState.FAILED:
                 return 1  # inference itself failed: let systemd restart the service
             now = time.monotonic()
-            if not self.ready and (stats["results"] > 0 or state == "retrying"):
+            if not self.ready and (stats["results"] > 0 or state == HealthState.RETRYING):
                 self.ready = True
                 self.notifier.ready(self.status_text(stats))
                 log.info("ready (%s)", self.status_text(stats))
-            if watchdog and state != "stalled" and now >= next_ping:
+            if watchdog and state != HealthState.STALLED and now >= next_ping:
                 self.notifier.watchdog()
                 next_ping = now + interval
             if now >= next_status:
@@ -291,28 +260,11 @@ class Service:
                 next_status = now + self.config.service.status_interval
         return 0
 
-    def _health(self, stats: dict) -> str:
-        """starting, running, retrying, ended, failed, or stalled (no frames for
-        service.stall_s while the source should be delivering them)."""
-        state = stats["source_state"]
-        with self._health_lock:
-            now = time.monotonic()
-            if state in ("retrying", "ended", "failed"):
-                self._progress = (stats["frames"], now)
-            elif stats["frames"] != self._progress[0]:
-                self._progress = (stats["frames"], now)
-            stall_s = self.config.service.stall_s
-            stalled = (
-                now - self._progress[1] > stall_s or now - stats["heartbeat"] > stall_s
-            ) and state == "running"
-            if stalled:
-                state = "stalled"
-            elif state == "running" and stats["results"] == 0:
-                state = "starting"
-            self.health_state = state
-        return state
+    def _health(self, stats: PipelineStats | dict | None) -> HealthState:
+        """starting, running, retrying, ended, failed, or stalled (``service.health``)."""
+        return self._monitor.decide(stats)
 
-    def _announce(self, state: str, previous: str | None, stats: dict) -> None:
+    def _announce(self, state: HealthState, previous: str | None, stats) -> None:
         """Log each health change once."""
         if state == "stalled":
             log.error(
@@ -327,11 +279,11 @@ class Service:
         elif state == "ended":
             log.info("source ended; still serving the last result")
         elif state == "failed":
-            log.error("pipeline failed: %s", stats.get("error") or "see the log above")
+            log.error("pipeline failed: %s", stats["error"] or "see the log above")
 
-    def status_text(self, stats: dict) -> str:
+    def status_text(self, stats: PipelineStats | dict) -> str:
         state = self.health_state
-        if state == "retrying":
+        if state == HealthState.RETRYING:
             return "camera unavailable: retrying with backoff"
         text = (
             f"{state}: {stats['inference_fps']:.1f} FPS inference, "
@@ -352,7 +304,7 @@ class Service:
         except ConfigError as exc:
             self.reload_failures += 1
             log.error("reload: %s; keeping the running configuration", exc.message)
-            self.notifier.ready(self.status_text(self.pipeline.stats()))
+            self.notifier.ready(self.status_text(self.pipeline.snapshot()))
             return False
         old = self.config
         applied = old
@@ -399,11 +351,12 @@ class Service:
             changed.append(attr)
         if new.service != old.service:
             applied = replace(applied, service=new.service)
+            self._monitor.stall_s = new.service.stall_s
             changed.append("service")
         self.config = replace(applied, path=new.path)
         self.reloads += 1
         log.info("configuration reloaded: %s", ", ".join(changed) or "nothing changed")
-        self.notifier.ready(self.status_text(self.pipeline.stats()))
+        self.notifier.ready(self.status_text(self.pipeline.snapshot()))
         return True
 
     def _reload_web(self, old: ServiceConfig, new: ServiceConfig) -> bool:
@@ -458,19 +411,21 @@ class Service:
         return latest[0].to_json() if latest is not None else None
 
     def stats(self) -> dict:
+        """The `/api/stats` body: the pipeline's snapshot plus the service's figures."""
         pipeline = self.pipeline
         if pipeline is None:
-            base, state, latest = {"source_state": "starting"}, "starting", None
+            base, state, latest = {"source_state": str(HealthState.STARTING)}, "starting", None
         else:
             latest = pipeline.latest()  # read before the stats: they count it already
-            base = pipeline.stats()
-            state = self._health(base)
+            snapshot = pipeline.snapshot()
+            state = self._health(snapshot)
+            base = snapshot.as_dict()
         heartbeat = base.pop("heartbeat", None)
         top = latest[0].top[0] if latest is not None and latest[0].top else None
         mqtt, eventlog, triggers, web = self.mqtt, self.eventlog, self.triggers, self.web
         return {
             **base,
-            "state": state,
+            "state": str(state),
             "heartbeat_age_s": round(time.monotonic() - heartbeat, 3) if heartbeat else None,
             "label": top.label if top else None,
             "score": round(top.score, 5) if top else None,
@@ -507,132 +462,29 @@ class Service:
         }
 
     def health(self) -> tuple[bool, dict]:
-        stats = self.pipeline.stats() if self.pipeline else None
-        if stats is None:
-            return False, {"status": "starting"}
-        heartbeat_age = round(time.monotonic() - stats["heartbeat"], 3)
-        state = self._health(stats)
-        detail = {
-            "status": "ok" if state == "running" else state,
-            "source_state": stats["source_state"],
-            "results": stats["results"],
-            "heartbeat_age_s": heartbeat_age,
-        }
-        return state == "running", detail
+        """(healthy, the `/healthz` body), from a fresh snapshot."""
+        stats = self.pipeline.snapshot() if self.pipeline else None
+        return health_report(stats, self._health(stats))
 
     def metrics_text(self) -> str:
-        stats = self.pipeline.stats() if self.pipeline else {}
-        state = self._health(stats) if stats else "starting"
-        m = MetricsText()
-        m.add(
-            "info",
-            "gauge",
-            "Version, model and runtime; always 1.",
-            1,
-            {
-                "version": __version__,
-                "model": stats.get("model", ""),
-                "runtime": stats.get("runtime", ""),
-                "device_id": self.config.device_id,
-            },
+        """The `/metrics` page (``service.metrics``), from one snapshot."""
+        pipeline = self.pipeline
+        latest = pipeline.latest() if pipeline else None
+        stats = pipeline.snapshot() if pipeline else None
+        state = self._health(stats)
+        top = latest[0].top[0] if latest is not None and latest[0].top else None
+        mqtt, eventlog, triggers = self.mqtt, self.eventlog, self.triggers
+        figures = ServiceFigures(
+            version=__version__,
+            device_id=self.config.device_id,
+            uptime_s=round(time.monotonic() - self.started_at, 1),
+            reloads=self.reloads,
+            reload_failures=self.reload_failures,
+            web_viewers=self.feed.viewers,
+            jpeg_frames=self.feed.encoded,
+            mqtt_connected=mqtt.connected if mqtt is not None else None,
+            mqtt_published=mqtt.published if mqtt is not None else 0,
+            eventlog_lines=eventlog.lines if eventlog is not None else None,
+            trigger_saved=tuple((t.name, t.saved) for t in (triggers.triggers if triggers else ())),
         )
-        m.add(
-            "up",
-            "gauge",
-            "1 while frames flow (state running).",
-            1 if state == "running" else 0,
-        )
-        for each in (*SOURCE_STATES, "stalled"):
-            m.add(
-                "state",
-                "gauge",
-                "The service's state (one of them is 1).",
-                1 if state == each else 0,
-                {"state": each},
-            )
-        m.add("frames_total", "counter", "Frames handed to inference.", stats.get("frames", 0))
-        m.add("results_total", "counter", "Inference results.", stats.get("results", 0))
-        m.add(
-            "dropped_frames_total",
-            "counter",
-            "Frames replaced before inference took them.",
-            stats.get("dropped", 0),
-        )
-        m.add("inference_fps", "gauge", "Results per second.", stats.get("inference_fps", 0))
-        m.add("camera_fps", "gauge", "Frames captured per second.", stats.get("camera_fps", 0))
-        m.add(
-            "invoke_milliseconds",
-            "gauge",
-            "Mean model invoke time, recent results.",
-            stats.get("invoke_ms", 0),
-        )
-        for q, key in (("0.5", "latency_ms_p50"), ("0.95", "latency_ms_p95")):
-            m.add(
-                "latency_milliseconds",
-                "gauge",
-                "Capture-to-result latency, recent results.",
-                stats.get(key, 0),
-                {"quantile": q},
-            )
-        heartbeat = stats.get("heartbeat")
-        m.add(
-            "heartbeat_age_seconds",
-            "gauge",
-            "Seconds since the pipeline last turned.",
-            round(time.monotonic() - heartbeat, 3) if heartbeat else 0,
-        )
-        latest = self.pipeline.latest() if self.pipeline else None
-        if latest is not None and latest[0].top:
-            top = latest[0].top[0]
-            m.add(
-                "top_score",
-                "gauge",
-                "Score of the current top label.",
-                top.score,
-                {"label": top.label},
-            )
-        m.add(
-            "uptime_seconds",
-            "gauge",
-            "Seconds since the service started.",
-            round(time.monotonic() - self.started_at, 1),
-        )
-        m.add("config_reloads_total", "counter", "Successful configuration reloads.", self.reloads)
-        m.add(
-            "config_reload_failures_total",
-            "counter",
-            "Rejected configuration reloads.",
-            self.reload_failures,
-        )
-        m.add("web_viewers", "gauge", "Clients watching the live picture.", self.feed.viewers)
-        m.add("jpeg_frames_total", "counter", "Live-picture JPEGs encoded.", self.feed.encoded)
-        mqtt = self.mqtt
-        if mqtt is not None:
-            m.add(
-                "mqtt_connected",
-                "gauge",
-                "1 while connected to the broker.",
-                1 if mqtt.connected else 0,
-            )
-            m.add("mqtt_messages_total", "counter", "State messages published.", mqtt.published)
-        eventlog = self.eventlog
-        if eventlog is not None:
-            m.add(
-                "eventlog_lines_total", "counter", "Lines written to the event log.", eventlog.lines
-            )
-        if self.triggers is not None:
-            for t in self.triggers.triggers:
-                m.add(
-                    "trigger_snapshots_total",
-                    "counter",
-                    "Snapshots saved by a trigger.",
-                    t.saved,
-                    {"trigger": t.name},
-                )
-        return m.render()
-
-
-def serve(config_path: str | Path | None) -> int:
-    """`edge-app serve`: load, run, return the exit code."""
-    config = load_config(config_path)
-    return Service(config, config_path=config_path).run()
+        return render_metrics(stats, state, top, figures)

@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_app.errors import ConfigError, OutputError, os_reason, translate
+from edge_app.live.sinks import end_worker
+
 log = logging.getLogger(__name__)
 
 SUFFIX = ".jpg"
@@ -95,6 +98,10 @@ class Trigger:
             total -= size
 
 
+def _failed(trigger: Trigger, what: str, exc: BaseException) -> OutputError:
+    return OutputError(f"trigger {trigger.name}: cannot {what}: {os_reason(exc)}")
+
+
 class Triggers:
     """All configured triggers and the thread that saves their snapshots."""
 
@@ -116,11 +123,10 @@ class Triggers:
             try:
                 trigger.folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                from edge_app.errors import ConfigError
-
+                # At start (or reload) the folder is the config's: the user fixes the config.
                 raise ConfigError(
-                    f"trigger {trigger.name}: cannot create {trigger.folder}: {exc.strerror or exc}"
-                ) from None
+                    f"trigger {trigger.name}: cannot create {trigger.folder}: {os_reason(exc)}"
+                ) from exc
             trigger.enforce_cap()
         self._thread = threading.Thread(target=self._run, name="edge-app-triggers", daemon=True)
         self._thread.start()
@@ -137,8 +143,6 @@ class Triggers:
                     log.warning("trigger %s: snapshot skipped (saving is behind)", trigger.name)
 
     def _run(self) -> None:
-        import cv2
-
         from edge_app.service.frames import lower_thread_priority
 
         lower_thread_priority()
@@ -148,14 +152,7 @@ class Triggers:
                 return
             trigger, prediction, result, frame = item
             try:
-                image = self.draw(frame.image.copy(), result)
-                ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-                if not ok:
-                    raise OSError("JPEG encoding failed")
-                path = trigger.folder / trigger.file_name(frame.timestamp, prediction)
-                temporary = path.with_name("." + path.name + ".tmp")
-                temporary.write_bytes(buffer.tobytes())
-                os.replace(temporary, path)
+                path = self._save(trigger, prediction, result, frame)
                 trigger.saved += 1
                 log.info(
                     "trigger %s: %s %.2f -> %s",
@@ -164,14 +161,26 @@ class Triggers:
                     prediction.score,
                     path,
                 )
-                trigger.enforce_cap()
-            except OSError as exc:
+                with translate({OSError: lambda e, t=trigger: _failed(t, "cap its folder", e)}):
+                    trigger.enforce_cap()
+            except OutputError as exc:
                 self.failed += 1
-                log.warning("trigger %s: cannot save snapshot: %s", trigger.name, exc)
+                log.warning("%s", exc.message)
+
+    def _save(self, trigger: Trigger, prediction, result, frame) -> Path:
+        """Write the annotated snapshot (whole: a temporary file renamed into place)."""
+        import cv2
+
+        with translate({OSError: lambda e: _failed(trigger, "save snapshot", e)}):
+            image = self.draw(frame.image.copy(), result)
+            ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+            if not ok:
+                raise OSError("JPEG encoding failed")
+            path = trigger.folder / trigger.file_name(frame.timestamp, prediction)
+            temporary = path.with_name("." + path.name + ".tmp")
+            temporary.write_bytes(buffer.tobytes())
+            os.replace(temporary, path)
+        return path
 
     def close(self, timeout: float = 1.0) -> None:
-        try:
-            self._queue.put(self._END, timeout=timeout)
-        except queue.Full:
-            pass
-        self._thread.join(timeout)
+        end_worker(self._queue, self._END, self._thread, timeout)

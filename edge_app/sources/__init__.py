@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -23,7 +24,9 @@ __all__ = [
     "FrameSource",
     "MemorySource",
     "Pacer",
+    "SourcePlan",
     "make_source",
+    "plan_source",
     "open_source",
     "v4l2_capture_devices",
 ]
@@ -88,12 +91,29 @@ def v4l2_capture_devices(dev_root: str | os.PathLike = "/dev") -> list[str]:
     return found
 
 
-def make_source(
+class SourcePlan:
+    """A source spec resolved to what will be made (a camera found, a file checked), not
+    yet constructed: ``make(model_size)`` builds it once the model's input size is known,
+    so a wrong path or a missing camera is reported before any model is loaded."""
+
+    def __init__(self, build: Callable[[tuple[int, int] | None], FrameSource], what: str):
+        self._build = build
+        self.what = what
+
+    def make(self, model_size: tuple[int, int] | None = None) -> FrameSource:
+        """The (unopened) source; ``model_size`` (width, height) asks picamera2 for an
+        ISP-scaled second stream for the model (other sources ignore it)."""
+        return self._build(model_size)
+
+    def __repr__(self) -> str:
+        return f"<SourcePlan {self.what}>"
+
+
+def plan_source(
     spec: str = "auto",
     *,
     size: tuple[int, int] = (640, 480),
     fps: float | None = 30.0,
-    model_size: tuple[int, int] | None = None,
     hflip: bool = False,
     vflip: bool = False,
     buffer_count: int = 4,
@@ -102,37 +122,39 @@ def make_source(
     picamera2_module: ModuleType | None = None,
     libcamera_module: ModuleType | None = None,
     dev_root: str | os.PathLike = "/dev",
-) -> FrameSource:
-    """The (unopened) source a spec names; ``auto`` looks for cameras first.
+) -> SourcePlan:
+    """What a spec names; ``auto`` looks for cameras first.
 
-    ``size`` and ``model_size`` are (width, height). ``model_size`` asks picamera2 for
-    an ISP-scaled second stream for the model. ``fps`` applies to cameras, ``pace`` and
-    ``loop`` to video files. Raises SourceError (CameraUnavailable for ``auto`` with no
-    camera) with a message naming what was tried.
+    ``size`` is (width, height). ``fps`` applies to cameras, ``pace`` and ``loop`` to
+    video files. Raises SourceError (CameraUnavailable for ``auto`` with no camera) with
+    a message naming what was tried.
     """
     spec = (spec or "auto").strip()
 
-    def picamera2_source(num: int) -> FrameSource:
-        from edge_app.sources.picamera2_source import Picamera2Source
+    def picamera2_source(num: int) -> SourcePlan:
+        def build(model_size):
+            from edge_app.sources.picamera2_source import Picamera2Source
 
-        return Picamera2Source(
-            num,
-            size=size,
-            model_size=model_size,
-            fps=fps,
-            hflip=hflip,
-            vflip=vflip,
-            buffer_count=buffer_count,
-            picamera2_module=picamera2_module,
-            libcamera_module=libcamera_module,
-        )
+            return Picamera2Source(
+                num,
+                size=size,
+                model_size=model_size,
+                fps=fps,
+                hflip=hflip,
+                vflip=vflip,
+                buffer_count=buffer_count,
+                picamera2_module=picamera2_module,
+                libcamera_module=libcamera_module,
+            )
 
-    def v4l2_source(device: int | str) -> FrameSource:
+        return SourcePlan(build, f"Pi camera {num}")
+
+    def v4l2_source(device: int | str) -> SourcePlan:
         from edge_app.sources.opencv_source import OpenCVCameraSource
 
         if hflip or vflip:
-            log.warning("--hflip/--vflip apply to Pi cameras only; ignored for %s", device)
-        return OpenCVCameraSource(device, size=size, fps=fps)
+            log.warning("hflip and vflip apply to Pi cameras only; ignored for %s", device)
+        return SourcePlan(lambda _: OpenCVCameraSource(device, size=size, fps=fps), str(device))
 
     if spec == "auto":
         return _auto_source(picamera2_source, v4l2_source, picamera2_module, dev_root)
@@ -148,16 +170,23 @@ def make_source(
     elif _URL.match(spec):
         from edge_app.sources.opencv_source import StreamSource
 
-        return StreamSource(spec)
+        return SourcePlan(lambda _: StreamSource(spec), spec)
     from edge_app.sources.opencv_source import VideoFileSource
 
     path = Path(spec).expanduser()
     if not path.exists():
         raise SourceError(f"--source {spec}: no such file (a source is {SPEC_HELP})")
-    return VideoFileSource(path, pace=pace, loop=loop)
+    return SourcePlan(lambda _: VideoFileSource(path, pace=pace, loop=loop), str(path))
 
 
-def _auto_source(picamera2_source, v4l2_source, picamera2_module, dev_root) -> FrameSource:
+def make_source(
+    spec: str = "auto", *, model_size: tuple[int, int] | None = None, **options
+) -> FrameSource:
+    """The (unopened) source a spec names: ``plan_source(spec, **options).make(model_size)``."""
+    return plan_source(spec, **options).make(model_size)
+
+
+def _auto_source(picamera2_source, v4l2_source, picamera2_module, dev_root) -> SourcePlan:
     from edge_app.sources.picamera2_source import import_picamera2, pi_cameras
 
     tried = []

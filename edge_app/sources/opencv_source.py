@@ -31,7 +31,26 @@ def _fourcc_text(value: float) -> str:
     return "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4)).strip("\x00")
 
 
-class OpenCVCameraSource(FrameSource):
+class _CaptureSource(FrameSource):
+    """What the three OpenCV sources share: one ``cv2.VideoCapture``, released once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cap: cv2.VideoCapture | None = None
+
+    def _close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+    def _grab(self):
+        """The next picture from the capture, or None when it gave none."""
+        assert self._cap is not None, "open() first"
+        ok, image = self._cap.read()
+        return image if ok else None
+
+
+class OpenCVCameraSource(_CaptureSource):
     """A V4L2 camera (``0`` or ``/dev/video0``), MJPG when the camera offers it.
 
     USB cameras usually deliver only 5-10 fps of raw YUYV at 640x480 and above over
@@ -54,7 +73,6 @@ class OpenCVCameraSource(FrameSource):
         self.fps = fps
         self.mjpg = mjpg
         self.fourcc = ""
-        self._cap: cv2.VideoCapture | None = None
 
     @property
     def description(self) -> str:
@@ -100,20 +118,14 @@ class OpenCVCameraSource(FrameSource):
         )
         self._cap = cap
 
-    def _close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
-
     def read(self) -> Frame | None:
-        assert self._cap is not None, "open() first"
-        ok, image = self._cap.read()
-        if not ok or image is None:
+        image = self._grab()
+        if image is None:
             raise SourceError(f"camera {self.description} stopped delivering frames")
         return self._frame(image)
 
 
-class VideoFileSource(FrameSource):
+class VideoFileSource(_CaptureSource):
     """A video file. ``pace`` plays it at its own frame rate, like a camera; without it
     every frame is delivered in order as fast as the consumer takes them."""
 
@@ -126,7 +138,6 @@ class VideoFileSource(FrameSource):
         self.lossless = not pace
         self.loop = loop
         self.frame_count = 0
-        self._cap: cv2.VideoCapture | None = None
         self._pacer: Pacer | None = None
 
     @property
@@ -144,7 +155,7 @@ class VideoFileSource(FrameSource):
         if not self.path.exists():
             raise SourceError(f"video file not found: {self.path}")
         if self.path.is_dir():
-            raise SourceError(f"--source is a folder, not a video file: {self.path}")
+            raise SourceError(f"source is a folder, not a video file: {self.path}")
         if not os.access(self.path, os.R_OK):
             raise SourceError(f"cannot read video file {self.path}: permission denied")
         cap = self._capture()
@@ -154,27 +165,21 @@ class VideoFileSource(FrameSource):
         self._pacer = Pacer(self.fps) if self.pace else None
         self._cap = cap
 
-    def _close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
-
     def read(self) -> Frame | None:
-        assert self._cap is not None, "open() first"
-        ok, image = self._cap.read()
-        if not ok and self.loop and self._number > 0:
+        image = self._grab()
+        if image is None and self.loop and self._number > 0:
             # Reopening is the one rewind every container and backend supports.
-            self._cap.release()
+            self._close()
             self._cap = self._capture()
-            ok, image = self._cap.read()
-        if not ok or image is None:
+            image = self._grab()
+        if image is None:
             return None
         if self._pacer is not None:
             self._pacer.wait()
         return self._frame(image)
 
 
-class StreamSource(FrameSource):
+class StreamSource(_CaptureSource):
     """A network stream (``rtsp://``, ``http://``...) through OpenCV's FFmpeg backend."""
 
     live = True
@@ -183,7 +188,6 @@ class StreamSource(FrameSource):
         super().__init__()
         self.url = url
         self.frame_count = 0
-        self._cap: cv2.VideoCapture | None = None
 
     @property
     def description(self) -> str:
@@ -208,15 +212,9 @@ class StreamSource(FrameSource):
         self.frame_count = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT)))
         self._cap = cap
 
-    def _close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
-
     def read(self) -> Frame | None:
-        assert self._cap is not None, "open() first"
-        ok, image = self._cap.read()
-        if not ok or image is None:
+        image = self._grab()
+        if image is None:
             if self.frame_count and self._number >= self.frame_count - 1:
                 return None  # a finite file over HTTP has ended
             raise SourceError(f"stream {self.url} stopped delivering frames")
