@@ -165,9 +165,17 @@ class Service:
     def build_mqtt(self, config: ServiceConfig):
         if not config.mqtt.enabled:
             return None
+        from edge_app.service.mqtt_commands import ServiceControl
         from edge_app.service.mqtt_out import MqttPublisher
+        from edge_app.service.watches import trigger_watches
 
-        return MqttPublisher(config.mqtt, config.device_id, status=self._mqtt_status)
+        return MqttPublisher(
+            config.mqtt,
+            config.device_id,
+            status=self._mqtt_status,
+            control=ServiceControl(self),
+            triggers=trigger_watches(config),
+        )
 
     def build_eventlog(self, config: ServiceConfig):
         if not config.eventlog.path:
@@ -297,7 +305,7 @@ class Service:
         state = stats["source_state"]
         with self._health_lock:
             now = time.monotonic()
-            if state in ("retrying", "ended", "failed"):
+            if state in ("retrying", "ended", "failed") or stats.get("paused"):  # no stall
                 self._progress = (stats["frames"], now)
             elif stats["frames"] != self._progress[0]:
                 self._progress = (stats["frames"], now)
@@ -374,7 +382,7 @@ class Service:
                 applied = replace(applied, web=new.web)
                 changed.append("web")
         output_parts = (
-            ("mqtt", "mqtt", lambda c: (c.mqtt, c.device_id), self.build_mqtt),
+            ("mqtt", "mqtt", lambda c: (c.mqtt, c.device_id, c.trigger), self.build_mqtt),
             (
                 "eventlog",
                 "eventlog",
