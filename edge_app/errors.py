@@ -58,3 +58,9 @@ class SourceError(EdgeAppError):
 
 class CameraUnavailable(SourceError):
     """The camera is busy or absent now; a service retries."""
+
+
+class BrokerError(EdgeAppError):
+    """The MQTT broker cannot be reached or refused us (the `edge-app mqtt` commands)."""
+
+    exit_code = EXIT_SOME_FAILED
