@@ -9,6 +9,7 @@ device left retained on the broker: its discovery configs and its own topics.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -18,6 +19,8 @@ from edge_app.errors import BrokerError
 from edge_app.service.ha_discovery import Topics, discovery_configs
 from edge_app.service.mqtt_out import _is_failure, _reason_text, make_client
 from edge_app.service.watches import Watches
+
+log = logging.getLogger(__name__)
 
 COLUMNS = (
     ("device", "device_id", 22),
@@ -105,19 +108,19 @@ class BrokerSession:
         self.last_message = time.monotonic()
         self.client = make_client(mqtt_config, f"edge-app-cli-{os.getpid()}-{time.time_ns()}")
 
-        def on_message(client, userdata, message) -> None:
+        def deliver(client, userdata, message) -> None:
             self.last_message = time.monotonic()
             try:
                 on_message(message.topic, bytes(message.payload), bool(message.retain))
-            except Exception:  # noqa: BLE001 - never stop paho's thread
-                pass
+            except Exception:  # never stop paho's thread
+                log.exception("message on %s not handled", message.topic)
 
         def on_subscribe(client, userdata, mid, *rest) -> None:
             self._pending.discard(mid)
             if not self._pending:
                 self._subscribed.set()
 
-        self.client.on_message = on_message
+        self.client.on_message = deliver
         self.client.on_subscribe = on_subscribe
 
     def open(self, timeout: float = 10.0) -> None:
