@@ -9,9 +9,11 @@ Commands (off unless ``mqtt.commands = true``):
                              the next restart or reload
 
 The payload is the value itself, or JSON ``{"value": ..., "secret": "..."}``; with
-``mqtt.command_secret`` set only the JSON form carrying that secret is accepted. Retained
-commands are refused: a retained ``pause`` would pause the device again at every
-reconnect. A refused command raises CommandError with the reason; the publisher logs
+``mqtt.command_secret`` set only the JSON form carrying that secret is accepted. A command the
+broker hands over from its retained store (at a connect) is refused: a retained
+``pause`` would otherwise pause the device again at every reconnect. (MQTT flags only
+those deliveries as retained; one published with the flag while we listen runs once.)
+A refused command raises CommandError with the reason; the publisher logs
 each distinct reason once and ignores the command.
 
 ``ServiceControl`` is the one object through which the MQTT side reaches the service.
