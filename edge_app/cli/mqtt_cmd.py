@@ -78,10 +78,12 @@ def watch(config_path, host, port, prefix, once, as_json, wait_s) -> None:
                 sys.exit(1)
             return
         live = sys.stdout.isatty() and not as_json
+        session.settle(limit_s=wait_s)
+        changed.set()  # the first table at once, even an empty one
         while True:
             changed.wait(1.0)
             if not (changed.is_set() or live):
-                continue
+                continue  # a pipe or a file gets a table per change, a terminal a clock
             changed.clear()
             with lock:
                 rows, table = fleet.rows(), fleet.table()

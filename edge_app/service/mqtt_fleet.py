@@ -63,7 +63,9 @@ class Fleet:
             row["state"] = state.get("state") or state.get("source_state")
             for key in ("label", "score", "fps", "model", "paused"):
                 row[key] = state.get(key)
-            row["seen"] = now if state else None
+            # The result's own wall-clock time: a retained state may be old news.
+            stamp = state.get("time")
+            row["seen"] = (stamp if isinstance(stamp, int | float) else now) if state else None
         if row["availability"] is None and row["seen"] is None and row["state"] is None:
             del self.devices[device_id]  # both topics cleared (unpublished)
         return True
@@ -76,7 +78,7 @@ class Fleet:
             if row["availability"] == "offline":
                 row["state"] = "offline"
             seen = row.pop("seen")
-            row["age_s"] = round(now - seen, 1) if seen is not None else None
+            row["age_s"] = round(max(0.0, now - seen), 1) if seen is not None else None
             out.append(row)
         return out
 
