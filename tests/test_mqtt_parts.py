@@ -209,3 +209,52 @@ def test_events_reach_their_topics_with_before_after_sensor_and_snapshot(
         publisher.close()
         subscriber.close()
         broker.stop()
+
+
+def test_entities_a_device_no_longer_has_are_removed_at_its_next_start(tmp_path):
+    port = free_port()
+    broker = Broker(tmp_path, port)
+    broker.start()
+    subscriber = Subscriber(port, "homeassistant/#")
+    config = MqttConfig(enabled=True, host="127.0.0.1", port=port, prefix=PREFIX, qos=1)
+    old = "homeassistant/binary_sensor/prune-cam/trigger_birds/config"
+    kept = "homeassistant/sensor/prune-cam/label/config"
+    first = MqttPublisher(config, "prune-cam", triggers=[("birds", "jay", 0.5, 1.0)])
+    try:
+        subscriber.wait_for(old, timeout=20)
+        first.close()
+        seen = subscriber.count()
+        second = MqttPublisher(config, "prune-cam")  # the trigger was removed since
+        try:
+            assert subscriber.wait_for(old, timeout=20, after=seen) == b""  # removed
+            subscriber.wait_for(kept, timeout=20, after=seen)
+            assert subscriber.latest()[kept]  # still there
+        finally:
+            second.close()
+    finally:
+        subscriber.close()
+        broker.stop()
+
+
+def test_new_mqtt_keys_are_checked_and_the_secret_is_masked(tmp_path):
+    import subprocess
+    import sys
+
+    from edge_app.errors import ConfigError
+    from edge_app.service.config import from_document
+
+    with pytest.raises(ConfigError, match="command_secret must be at least 8"):
+        from_document({"mqtt": {"command_secret": "short"}})
+    with pytest.raises(ConfigError, match="discovery_prefix must not be empty"):
+        from_document({"mqtt": {"discovery_prefix": ""}})
+    with pytest.raises(ConfigError, match="discovery_prefix"):
+        from_document({"mqtt": {"discovery_prefix": "home/#"}})
+    path = tmp_path / "config.toml"
+    path.write_text('[mqtt]\ncommands = true\ncommand_secret = "feeder-secret-42"\n')
+    shown = subprocess.run(
+        [sys.executable, "-m", "edge_app", "config", "show", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "feeder-secret-42" not in shown.stdout
+    assert json.loads(shown.stdout)["mqtt"]["command_secret"] == "***"

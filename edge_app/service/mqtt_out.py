@@ -208,6 +208,9 @@ class MqttPublisher:
         client.publish(self.availability_topic, ONLINE, qos=self.config.qos, retain=True)
         if self.config.discovery:
             client.subscribe(self.topics.ha_status, qos=1)
+            # Our configs left retained by an earlier run: stale ones (a trigger since
+            # removed, commands since turned off) are cleared; see _prune.
+            client.subscribe(self.topics.config_filter, qos=1)
         if self.config.commands:
             client.subscribe(self.topics.commands + "#", qos=1)
         self._do(self._announce)
@@ -235,6 +238,8 @@ class MqttPublisher:
             if topic == self.topics.ha_status:
                 if message.payload.strip() == ONLINE.encode():
                     self._do(self._announce)
+            elif topic.endswith("/config") and message.retain and message.payload:
+                self._do(self._prune, topic)
             elif topic.startswith(self.topics.commands):
                 tail = topic[len(self.topics.commands) :]
                 self._do(self._command, tail, bytes(message.payload), bool(message.retain))
@@ -326,6 +331,12 @@ class MqttPublisher:
         for watch in self.watches:
             self._publish_watch(watch)
         self._want_state = True
+
+    def _prune(self, topic: str) -> None:
+        """Clear a retained config of this device that the current entities lack."""
+        if topic not in {t for t, _ in self.discovery_configs()}:
+            if self._publish(topic, b"", retain=True):
+                log.info("MQTT discovery: removed the stale entity %s", topic)
 
     def discovery_configs(self) -> list[tuple[str, dict]]:
         return discovery_configs(
