@@ -93,3 +93,9 @@ def translate(
             if isinstance(exc, kinds):
                 raise make(exc) from exc
         raise
+
+
+class BrokerError(EdgeAppError):
+    """The MQTT broker cannot be reached or refused us (the `edge-app mqtt` commands)."""
+
+    exit_code = EXIT_SOME_FAILED

@@ -51,7 +51,8 @@ Options:
                      (default: $model)
   --no-start         install and enable, but do not (re)start the service
   --dry-run          print the commands instead of running them
-  --uninstall        stop and remove the service and $PREFIX
+  --uninstall        stop and remove the service and $PREFIX, and clear its MQTT
+                     topics and Home Assistant entities (edge-app mqtt unpublish)
   --purge            with --uninstall: also remove $CONFIG_DIR, $STATE_DIR and the user
   -h, --help         this help
 EOF
@@ -219,6 +220,12 @@ uninstall() {
   say "removing the edge-app service"
   if have_systemd && systemctl list-unit-files edge-app.service >/dev/null 2>&1; then
     run systemctl disable --now edge-app.service || true
+  fi
+  # Take the device off the MQTT broker and Home Assistant (its retained discovery
+  # configs and states) while the program is still here; a broker that is away warns.
+  if [ "$dry_run" -eq 1 ] || { [ -x "$VENV/bin/edge-app" ] && [ -e "$CONFIG" ]; }; then
+    run "$VENV/bin/edge-app" mqtt unpublish --if-enabled --config "$CONFIG" \
+      || warn "could not clear this device's MQTT topics (edge-app mqtt unpublish)"
   fi
   if [ -e "$UNIT" ]; then
     run rm -f "$UNIT"

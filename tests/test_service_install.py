@@ -125,3 +125,4 @@ def test_the_installer_dry_run_lists_every_step_and_changes_nothing(tmp_path):
     done = installer("--uninstall", "--purge", "--dry-run")
     assert done.returncode == 0, done.stderr
     assert "purging configuration, data and the service user" in done.stdout
+    assert "edge-app mqtt unpublish --if-enabled --config /etc/edge-app/config.toml" in done.stdout

@@ -4,16 +4,10 @@ availability with a last will, and reconnection when the broker goes away and re
 from __future__ import annotations
 
 import json
-import shutil
 import signal
-import socket
-import subprocess
-import threading
 import time
-from pathlib import Path
 
-import paho.mqtt.client as mqtt
-import pytest
+from mqtt_support import Broker, Subscriber
 from service_support import ServiceProcess, demo_config, free_port
 
 PREFIX = "edge-app-test"
@@ -21,77 +15,8 @@ DEVICE = "feeder-cam"
 RUN_JSON_KEYS = {"frame", "time", "top", "inference_ms", "latency_ms", "fps", "camera_fps"}
 
 
-class Broker:
-    """mosquitto on a loopback port with a generated config, restartable on that port."""
-
-    def __init__(self, folder: Path, port: int):
-        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(self.binary).exists():
-            pytest.skip("mosquitto is not installed (scripts/install-test-deps.sh installs it)")
-        self.port = port
-        self.config = folder / "mosquitto.conf"
-        self.config.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"
-        )
-        self.log = folder / "mosquitto.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [self.binary, "-c", str(self.config)], stdout=log, stderr=log
-            )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                assert self.proc.poll() is None, self.log.read_text()
-                time.sleep(0.1)
-        raise AssertionError("mosquitto did not start:\n" + self.log.read_text())
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
-class Subscriber:
-    """A paho client recording every message under the device's topics."""
-
-    def __init__(self, port: int):
-        self.messages: list[tuple[str, bytes, bool]] = []
-        self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{PREFIX}/{DEVICE}/#", qos=1)
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-
-    def _on_message(self, client, userdata, message) -> None:
-        with self.lock:
-            self.messages.append((message.topic, message.payload, bool(message.retain)))
-
-    def wait_for(self, topic_end: str, predicate, timeout: float, after: int = 0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                for topic, payload, _retained in self.messages[after:]:
-                    if topic.endswith(topic_end) and predicate(payload):
-                        return payload
-            time.sleep(0.1)
-        with self.lock:
-            seen = [(t, p[:80]) for t, p, _ in self.messages[-5:]]
-        raise AssertionError(f"no {topic_end} message within {timeout} s; last: {seen}")
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.messages)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+def device_subscriber(port: int) -> Subscriber:
+    return Subscriber(port, f"{PREFIX}/{DEVICE}/#")
 
 
 def is_state(payload: bytes) -> bool:
@@ -132,7 +57,7 @@ def test_states_reach_the_broker_and_survive_a_broker_restart(tmp_path, demo_vid
         assert service.get_json("/api/stats")[1]["mqtt"]["connected"] is False
 
         broker.start()
-        subscriber = Subscriber(port)
+        subscriber = device_subscriber(port)
         online = subscriber.wait_for("/availability", lambda p: p == b"online", timeout=40)
         assert online == b"online"
         state = json.loads(subscriber.wait_for("/state", is_state, timeout=20))
@@ -159,7 +84,7 @@ def test_states_reach_the_broker_and_survive_a_broker_restart(tmp_path, demo_vid
 
         # It comes back: the service reconnects and publishes again.
         broker.start()
-        subscriber = Subscriber(port)
+        subscriber = device_subscriber(port)
         subscriber.wait_for("/availability", lambda p: p == b"online", timeout=60)
         subscriber.wait_for("/state", is_state, timeout=20)
         stats = service.get_json("/api/stats")[1]["mqtt"]
@@ -169,6 +94,7 @@ def test_states_reach_the_broker_and_survive_a_broker_restart(tmp_path, demo_vid
         log = service.stderr()
         assert log.count("MQTT connected to") == 2
         assert log.count("lost") + log.count("unreachable") <= 2, log
+        assert "ERROR" not in log, log  # paho's own per-retry error lines stay silent
 
         # The service dies without a goodbye: the broker sends its last will.
         seen = subscriber.count()
@@ -188,16 +114,16 @@ def test_a_clean_stop_leaves_offline_retained(tmp_path, demo_video, int8_model):
     broker.start()
     service = start_service(tmp_path, demo_video, int8_model, port, "clean")
     try:
-        subscriber = Subscriber(port)
+        subscriber = device_subscriber(port)
         subscriber.wait_for("/state", is_state, timeout=60)
         subscriber.close()
         assert service.stop() == 0
         # A new subscriber gets the retained availability and the retained last state.
-        late = Subscriber(port)
+        late = device_subscriber(port)
         assert late.wait_for("/availability", lambda p: True, timeout=10) == b"offline"
         assert is_state(late.wait_for("/state", lambda p: True, timeout=10))
         with late.lock:
-            assert all(retained for _, _, retained in late.messages)
+            assert all(retained for _, _, retained, _ in late.messages)
         late.close()
     finally:
         service.stop()

@@ -25,6 +25,7 @@ COMMANDS = {
     "run": "edge_app.cli.run_cmd:run",
     "serve": "edge_app.cli.serve_cmd:serve",
     "config": "edge_app.cli.config_cmd:config",
+    "mqtt": "edge_app.cli.mqtt_cmd:mqtt",
 }
 
 

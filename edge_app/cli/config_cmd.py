@@ -47,7 +47,7 @@ def show(file: Path | None) -> None:
     cfg = load_config(file)
     data = asdict(cfg)
     data.pop("path", None)
-    for section, key in (("web", "token"), ("mqtt", "password")):
+    for section, key in (("web", "token"), ("mqtt", "password"), ("mqtt", "command_secret")):
         if data[section][key]:
             data[section][key] = "***"
     data["derived"] = {"state_dir": str(cfg.state_dir), "device_id": cfg.device_id}

@@ -16,7 +16,6 @@ import difflib
 import ipaddress
 import os
 import re
-import socket
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -78,7 +77,7 @@ class MqttConfig:
     host: str = opt("localhost", "str")
     port: int = opt(1883, "int", lo=1, hi=65535)
     prefix: str = opt("edge-app", "str")
-    device_id: str = opt("", "str", doc="empty: the host name")
+    device_id: str = opt("", "str", doc="empty: <host name>-<hash of /etc/machine-id>")
     qos: int = opt(0, "int", lo=0, hi=2)
     retain: bool = opt(True, "bool")
     interval: float = opt(30.0, "float", lo=0.5, hi=86400.0, doc="seconds between states")
@@ -86,6 +85,10 @@ class MqttConfig:
     username: str = opt("", "str")
     password: str = opt("", "str")
     client_id: str = opt("", "str", doc="empty: edge-app-<device_id>")
+    discovery: bool = opt(True, "bool", doc="Home Assistant MQTT discovery")
+    discovery_prefix: str = opt("homeassistant", "str")
+    commands: bool = opt(False, "bool", doc="accept commands on <prefix>/<device_id>/set/...")
+    command_secret: str = opt("", "str", doc="when set, commands must carry it")
     tls: TlsConfig = field(default_factory=TlsConfig)
 
 
@@ -142,7 +145,9 @@ class ServiceConfig:
 
     @property
     def device_id(self) -> str:
-        return self.mqtt.device_id or _topic_safe(socket.gethostname()) or "edge-app"
+        from edge_app.service.device_info import default_device_id
+
+        return self.mqtt.device_id or default_device_id()
 
     def trigger_name(self, index: int) -> str:
         return self.trigger[index].name or f"trigger{index + 1}"
@@ -299,7 +304,7 @@ def _check_together(config: ServiceConfig) -> None:
     if web.token and len(web.token) < 8:
         raise ConfigError("web.token must be at least 8 characters")
     mqtt = config.mqtt
-    for key in ("prefix", "device_id"):
+    for key in ("prefix", "device_id", "discovery_prefix"):
         value = getattr(mqtt, key)
         if any(c in value for c in "+#") or value != value.strip("/"):
             raise ConfigError(
@@ -307,6 +312,12 @@ def _check_together(config: ServiceConfig) -> None:
             )
     if not mqtt.prefix:
         raise ConfigError("mqtt.prefix must not be empty")
+    if mqtt.discovery and not mqtt.discovery_prefix:
+        raise ConfigError(
+            "mqtt.discovery_prefix must not be empty (Home Assistant's: homeassistant)"
+        )
+    if mqtt.command_secret and len(mqtt.command_secret) < 8:
+        raise ConfigError("mqtt.command_secret must be at least 8 characters")
     if bool(mqtt.tls.cert) != bool(mqtt.tls.key):
         raise ConfigError("mqtt.tls.cert and mqtt.tls.key must be set together")
     if mqtt.password and not mqtt.username:
@@ -432,7 +443,9 @@ def describe(config: ServiceConfig) -> list[str]:
     if mqtt.enabled:
         lines.append(
             f"mqtt: {mqtt.host}:{mqtt.port} topic {mqtt.prefix}/{config.device_id}/state "
-            f"(qos {mqtt.qos}{', tls' if mqtt.tls.enabled else ''})"
+            f"(qos {mqtt.qos}{', tls' if mqtt.tls.enabled else ''}"
+            f"{', discovery ' + mqtt.discovery_prefix if mqtt.discovery else ''}"
+            f"{', commands' if mqtt.commands else ''})"
         )
     else:
         lines.append("mqtt: off")

@@ -48,7 +48,10 @@ class HealthMonitor:
         source_state = stats["source_state"]
         with self._lock:
             now = time.monotonic()
-            if source_state in (PipelineState.RETRYING, PipelineState.ENDED, PipelineState.FAILED):
+            held = (PipelineState.RETRYING, PipelineState.ENDED, PipelineState.FAILED)
+            # A paused pipeline hands no frames on by design: that is not a stall (else the
+            # watchdog ping stops and systemd restarts a service a user paused).
+            if source_state in held or stats["paused"]:
                 self._progress = (stats["frames"], now)
             elif stats["frames"] != self._progress[0]:
                 self._progress = (stats["frames"], now)

@@ -134,9 +134,17 @@ class Service:
     def build_mqtt(self, config: ServiceConfig):
         if not config.mqtt.enabled:
             return None
+        from edge_app.service.mqtt_commands import ServiceControl
         from edge_app.service.mqtt_out import MqttPublisher
+        from edge_app.service.watches import trigger_watches
 
-        return MqttPublisher(config.mqtt, config.device_id, status=self._mqtt_status)
+        return MqttPublisher(
+            config.mqtt,
+            config.device_id,
+            status=self._mqtt_status,
+            control=ServiceControl(self),
+            triggers=trigger_watches(config),
+        )
 
     def build_eventlog(self, config: ServiceConfig):
         if not config.eventlog.path:
@@ -326,7 +334,7 @@ class Service:
                 applied = replace(applied, web=new.web)
                 changed.append("web")
         output_parts = (
-            ("mqtt", "mqtt", lambda c: (c.mqtt, c.device_id), self.build_mqtt),
+            ("mqtt", "mqtt", lambda c: (c.mqtt, c.device_id, c.trigger), self.build_mqtt),
             (
                 "eventlog",
                 "eventlog",
