@@ -182,7 +182,10 @@ class Service:
         pipeline = self.pipeline
         if pipeline is None:
             return {"source_state": str(HealthState.STARTING)}
-        return {"source_state": str(self.health_state), "model": pipeline.classifier.model_name}
+        # Decided now, from the stats of this moment, like /healthz: a state message that
+        # carries a label never says "starting".
+        state = self._health(pipeline.stats())
+        return {"source_state": str(state), "model": pipeline.classifier.model_name}
 
     # -- running ---------------------------------------------------------------------------
     def request_stop(self) -> None:
