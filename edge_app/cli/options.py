@@ -11,7 +11,8 @@ from edge_app.inference.runtime import RUNTIME_CHOICES
 
 
 def classifier_options(func=None, *, default_crop: str = "central"):
-    """Add --model/--labels/--runtime/--threads/--no-xnnpack/--crop/--top-k/--threshold."""
+    """Add --model/--labels/--runtime/--threads/--no-xnnpack/--crop/--top-k/--threshold/
+    --keep-background."""
 
     def decorate(f):
         options = [
@@ -70,7 +71,14 @@ def classifier_options(func=None, *, default_crop: str = "central"):
                 type=click.FloatRange(0.0, 1.0),
                 default=0.0,
                 show_default=True,
-                help="Drop predictions scoring below this.",
+                help="Drop predictions scoring below this (machine formats otherwise keep "
+                "exactly --top-k; views for people always hide scores under 1 %).",
+            ),
+            click.option(
+                "--keep-background",
+                is_flag=True,
+                help="Report the model's `background` class (index 0 of 1001-class models) "
+                "like any other; by default it is never a prediction.",
             ),
         ]
         for option in reversed(options):
@@ -80,7 +88,17 @@ def classifier_options(func=None, *, default_crop: str = "central"):
     return decorate(func) if func is not None else decorate
 
 
-CLASSIFIER_KEYS = ("model", "labels", "runtime", "threads", "xnnpack", "crop", "top_k", "threshold")
+CLASSIFIER_KEYS = (
+    "model",
+    "labels",
+    "runtime",
+    "threads",
+    "xnnpack",
+    "crop",
+    "top_k",
+    "threshold",
+    "keep_background",
+)
 
 
 def pop_classifier_kwargs(kwargs: dict) -> dict:

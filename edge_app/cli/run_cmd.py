@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from edge_app.cli.options import build_classifier, classifier_options, pop_classifier_kwargs
+from edge_app.text import plural
 
 log = logging.getLogger("edge_app.run")
 
@@ -103,7 +104,7 @@ def _sigterm_as_interrupt():
 
 def summary_line(summary: dict, json_unwritten: int = 0) -> str:
     line = (
-        f"edge-app: {summary['frames']} frames, {summary['results']} results, "
+        f"edge-app: {plural(summary['frames'], 'frame')}, {plural(summary['results'], 'result')}, "
         f"{summary['dropped']} dropped, {summary['mean_fps']:.1f} FPS mean, "
         f"latency p50 {summary['latency_ms_p50']:.1f} ms, p95 {summary['latency_ms_p95']:.1f} ms"
     )
@@ -274,9 +275,22 @@ def _no_window_reason(headless: bool) -> str | None:
 
 
 def _wait_headless(pipeline, writer: JsonLinesWriter | None) -> None:
-    while not pipeline.wait(0.2):
-        if writer is not None and writer.broken.is_set():
-            return
+    from edge_app.cli.progress import quiet_requested
+    from edge_app.live.status_line import StatusLine
+
+    # A status line on stderr (live on a terminal, unless JSON lines share that terminal).
+    err = click.get_text_stream("stderr")
+    live = err.isatty() and not (writer is not None and sys.stdout.isatty())
+    status = None if quiet_requested() else StatusLine(pipeline, err, live=live)
+    try:
+        while not pipeline.wait(0.2):
+            if status is not None:
+                status.tick()
+            if writer is not None and writer.broken.is_set():
+                return
+    finally:
+        if status is not None:
+            status.close()
 
 
 def _show_window(pipeline, classifier, source, kwargs) -> None:
