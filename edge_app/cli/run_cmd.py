@@ -196,7 +196,8 @@ def run(**kwargs) -> None:
     """Classify live frames from a camera, video file or stream, with an overlay.
 
     \b
-    Keys in the window: q or Esc quit, s snapshot (PNG + JSON), p pause.
+    Keys in the window: q or Esc quit, s snapshot (PNG + JSON), p pause,
+    c show or hide the outline of the region the model sees.
     Examples:
       edge-app run                                  (Pi camera or USB camera)
       edge-app run --source demo.mp4 --loop
@@ -301,7 +302,12 @@ def _show_window(pipeline, classifier, source, kwargs) -> None:
     try:
         display = LiveDisplay(
             pipeline,
-            Overlay(classifier.model_name, classifier.top_k),
+            Overlay(
+                classifier.model_name,
+                classifier.top_k,
+                crop=classifier.crop,
+                model_size=classifier.input_size,
+            ),
             window,
             snapshot_dir=kwargs["snapshot_dir"],
             snapshot_extra={"source": source.description, "model": classifier.model_name},

@@ -71,7 +71,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    smooth: float = opt(0.0, "float", lo=0.0, hi=0.99)
+    # On by default: a service logs and publishes label changes, which should be real
+    # changes, not a flicker between two close classes (with its hysteresis, 0.1).
+    smooth: float = opt(0.6, "float", lo=0.0, hi=0.99)
     hysteresis: float = opt(-1.0, "float", lo=-1.0, hi=1.0, doc="-1: 0.1 with smooth, else 0")
 
     @property
@@ -287,10 +289,12 @@ def env_overrides(environ: dict[str, str]) -> dict[str, dict]:
             continue  # another part of the app's variable (EDGE_APP_SHARED, ...)
         cls = SECTIONS[section]
         table = document.setdefault(section, {})
+        dotted = section
         for (sec, sub), sub_cls in SUBTABLES.items():
             if sec == section and key.startswith(sub + "_"):
                 cls, key = sub_cls, key[len(sub) + 1 :]
                 table = table.setdefault(sub, {})
+                dotted = f"{section}.{sub}"
                 break
         meta = {f.name: f.metadata for f in fields(cls) if "kind" in f.metadata}
         if key not in meta:
@@ -298,7 +302,13 @@ def env_overrides(environ: dict[str, str]) -> dict[str, dict]:
                 f"environment variable {name}: unknown key '{key}' in [{section}]"
                 f"{_suggest(key, meta)}"
             )
-        table[key] = _env_value(environ[name], meta[key]["kind"])
+        value = _env_value(environ[name], meta[key]["kind"])
+        try:  # checked here so a bad value blames the variable, not the config file
+            table[key] = _check_value(f"{dotted}.{key}", value, meta[key])
+        except ConfigError as exc:
+            raise ConfigError(
+                f"environment variable {name}={environ[name]!r}: {exc.message}"
+            ) from None
     return document
 
 
@@ -450,8 +460,9 @@ def load_config(
             document = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{origin}: invalid TOML: {exc}") from None
+    overrides = env_overrides(environ)  # its errors name the variable, not the file
     try:
-        document = _merge(document, env_overrides(environ))
+        document = _merge(document, overrides)
         config = from_document(document, origin=origin)
         if path is not None:
             config = _resolve_beside(config, Path(path).expanduser().resolve().parent)

@@ -2,7 +2,9 @@
 
 Topics (``prefix`` and ``device_id`` from the config):
   ``<prefix>/<device_id>/state``         the newest result (the `run --json` record plus
-                                         label, score, device_id, source_state, model);
+                                         label, score, device_id, source_state, model;
+                                         ``top`` and ``label`` follow results.human_top:
+                                         no background, nothing under 1 %, "uncertain");
                                          sent when the top label or the source state
                                          changes and every ``interval`` seconds
   ``<prefix>/<device_id>/availability``  ``online`` (retained) once connected; the broker
@@ -27,6 +29,7 @@ from collections.abc import Callable
 import paho.mqtt.client as mqtt
 
 from edge_app.errors import ConfigError
+from edge_app.results import UNCERTAIN, human_top
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +164,12 @@ class MqttPublisher:
         status = self.status()
         if result is None:
             return {"device_id": self.device_id, "label": None, "score": None, **status}
-        top = result.top[0] if result.top else None
+        shown = human_top(result.top)  # a dashboard is read by people: the human rule
+        top = shown[0] if shown else None
         return {
             **result.to_json(),
-            "label": top.label if top else None,
+            "top": [p.to_json() for p in shown],
+            "label": top.label if top else UNCERTAIN,
             "score": round(top.score, 5) if top else None,
             "device_id": self.device_id,
             **status,
