@@ -41,10 +41,7 @@ def display_path(path: str, arguments: Iterable[str]) -> str:
     glob's folder part); a file named directly is shown as it was typed."""
     best = None
     for argument in arguments:
-        root = _glob_root(argument)
-        if root is None:
-            continue
-        root = os.path.normpath(root)
+        root = os.path.normpath(_glob_root(argument))
         if root == ".":
             prefix = ""
         else:
@@ -59,9 +56,9 @@ def display_path(path: str, arguments: Iterable[str]) -> str:
     return relative or os.path.basename(path)
 
 
-def _glob_root(argument: str) -> str | None:
-    """The folder a path argument lists: itself for a folder, the part before the first
-    wildcard for a glob, None for a plain file."""
+def _glob_root(argument: str) -> str:
+    """The folder a path argument lists: the part before the first wildcard for a glob,
+    else the argument itself (a file argument is the prefix of no other path)."""
     if any(c in argument for c in "*?["):
         head = []
         for part in argument.split(os.sep):
@@ -69,9 +66,7 @@ def _glob_root(argument: str) -> str | None:
                 break
             head.append(part)
         return os.sep.join(head) or "."
-    if os.path.isdir(argument):
-        return argument
-    return None
+    return argument
 
 
 def score_bar(score: float, cells: int = BAR_CELLS, unicode: bool = True) -> str:
