@@ -77,6 +77,22 @@ def test_the_rate_is_smoothed_and_follows_a_change():
     assert rate.rate == pytest.approx(20.0, rel=0.1)
 
 
+def test_results_in_bursts_give_the_average_rate_not_thousands_a_second():
+    """Worker pools hand results back in chunks: 16 at once every 0.64 s is 25/s."""
+    clock = Clock()
+    progress = bar(1000, clock)
+    seen = []
+    for _ in range(30):
+        clock.now += 0.64
+        for _ in range(16):  # the same instant
+            progress.advance()
+            if progress.items_per_second() is not None:
+                seen.append(progress.items_per_second())
+    assert max(seen) < 60  # never the "2,000 images/s" of an instant
+    assert progress.items_per_second() == pytest.approx(25.0, rel=0.15)
+    assert progress.eta_seconds() == pytest.approx((1000 - 480) / 25.0, rel=0.15)
+
+
 def test_bytes_mode_for_downloads():
     clock = Clock()
     progress = bar(16_900_000, clock, unit="bytes", label="fetching")

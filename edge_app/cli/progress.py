@@ -70,16 +70,21 @@ def format_bytes(count: float) -> str:
 class RateEstimate:
     """Items per second, measured from the first item done and smoothed exponentially.
 
-    ``update(done, now)`` is called with the running count; the estimate starts as the
-    plain average since the first item and then follows the recent rate with a time
-    constant of ``tau`` seconds, so one slow or fast item moves it a little, not a lot.
+    ``update(done, now)`` is called with the running count. Items and seconds are each
+    summed with weights that halve every ``tau * ln 2`` seconds, and the rate is their
+    ratio: a burst (worker processes hand results back in chunks) counts as its items
+    over the time it took, not as an instant of thousands per second, and one slow item
+    moves the figure a little, not a lot. The work before the first item (model load,
+    worker start-up) is not counted at all.
     """
 
-    def __init__(self, tau: float = RATE_TAU_S):
+    def __init__(self, tau: float = RATE_TAU_S, min_span: float = 0.2):
         self.tau = tau
+        self.min_span = min_span  # no rate from less time than this
         self.first: tuple[float, float] | None = None  # (count, time) at the first item
         self.last: tuple[float, float] | None = None
-        self.rate: float | None = None
+        self._items = 0.0  # decayed sums
+        self._seconds = 0.0
 
     def update(self, done: float, now: float) -> None:
         if done <= 0:
@@ -88,19 +93,17 @@ class RateEstimate:
             self.first = self.last = (done, now)
             return
         last_done, last_time = self.last
-        dt = now - last_time
-        if dt <= 0 or done == last_done:
-            return
-        instant = (done - last_done) / dt
-        if self.rate is None:
-            first_done, first_time = self.first
-            span = now - first_time
-            self.rate = (done - first_done) / span if span > 0 else instant
-        else:
-            # Weight by elapsed time: 5 s of evidence moves the estimate ~63 % of the way.
-            weight = 1.0 - math.exp(-dt / self.tau)
-            self.rate += weight * (instant - self.rate)
+        dt = max(0.0, now - last_time)
+        decay = math.exp(-dt / self.tau)
+        self._items = self._items * decay + (done - last_done)
+        self._seconds = self._seconds * decay + dt
         self.last = (done, now)
+
+    @property
+    def rate(self) -> float | None:
+        if self._seconds < self.min_span or self._items <= 0:
+            return None
+        return self._items / self._seconds
 
     def seconds_since_first(self, now: float) -> float:
         return now - self.first[1] if self.first else 0.0
