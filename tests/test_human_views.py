@@ -208,11 +208,11 @@ def test_the_status_line_is_human_and_has_units():
     }
     line = format_status(stats, LiveResult(1, 0.0, NOISY, 7.0, 20.0, 30.0, 30.0), 72.0)
     assert line == (
-        "01:12  Egyptian cat 30 %  |  29.8 FPS (camera 30.0 FPS)  |  "
-        "invoke 7.1 ms, latency 21 ms  |  3 dropped"
+        "01:12 Egyptian cat 30 % | 29.8 FPS (camera 30.0) | "
+        "invoke 7.1 ms, latency 21 ms | 3 dropped"
     )
     quiet = format_status(stats, LiveResult(2, 0.0, NOTHING, 7.0, 20.0, 30.0, 30.0))
-    assert quiet.startswith(UNCERTAIN + "  |")
+    assert quiet.startswith(UNCERTAIN + " |")
     assert_human(quiet)
     assert format_status({**stats, "source_state": "ended"}, None).endswith("ended")
 

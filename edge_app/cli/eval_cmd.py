@@ -125,7 +125,12 @@ def _print_report(result: dict, arguments=()) -> None:
     if result["one_photo_per_class"] and result["misclassified"]:
         # One photo per class: per-class accuracy is 0 or 100 %; the mistakes themselves
         # (most confident first) are what is worth a look.
-        echo("misclassified photos (most confident mistakes first; truth -> predicted):")
+        wrong = result["evaluated"] - result["top1_correct"]
+        shown = len(result["misclassified"])
+        echo(
+            f"misclassified: {plural(wrong, 'photo')}; the {shown} most confident mistakes "
+            "(truth -> predicted):"
+        )
         for row in result["misclassified"]:
             hint = "" if not row["truth_in_top5"] else "  (truth in top-5)"
             path = display_path(row["path"], arguments)

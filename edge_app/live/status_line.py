@@ -1,7 +1,7 @@
 """The status line of a run without a window: what is seen, how fast, how late, what is lost.
 
-    edge-app: 00:12  Egyptian cat 86 %  |  29.8 FPS (camera 30.0 FPS)
-              |  invoke 7.1 ms, latency 21 ms  |  0 dropped        (one line)
+    edge-app: 00:12 Egyptian cat 86 % | 29.8 FPS (camera 30.0) | invoke 7.1 ms, latency 21 ms
+    | 0 dropped                                                               (one line)
 
 Over SSH or in a log a headless `edge-app run` would otherwise be silent for minutes.
 On a terminal the line is redrawn in place twice a second; elsewhere (a pipe, a log
@@ -37,7 +37,7 @@ def format_status(stats: dict, result: LiveResult | None, elapsed: float | None 
     invoke_ms, latency_ms = stats.get("invoke_ms", 0.0), stats.get("latency_ms_p50", 0.0)
     parts = [
         seen,
-        f"{fps:.1f} FPS (camera {camera_fps:.1f} FPS)",
+        f"{fps:.1f} FPS (camera {camera_fps:.1f})",
         f"invoke {invoke_ms:.1f} ms, latency {latency_ms:.0f} ms",
         f"{stats.get('dropped', 0)} dropped",
     ]
@@ -46,8 +46,8 @@ def format_status(stats: dict, result: LiveResult | None, elapsed: float | None 
     head = ""
     if elapsed is not None:
         minutes, seconds = divmod(int(elapsed), 60)
-        head = f"{minutes:02d}:{seconds:02d}  "
-    return head + "  |  ".join(parts)
+        head = f"{minutes:02d}:{seconds:02d} "
+    return head + " | ".join(parts)
 
 
 class StatusLine:
