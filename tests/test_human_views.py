@@ -253,3 +253,16 @@ def test_the_service_status_text_is_human():
     assert service.status_text(stats).endswith("; Egyptian cat 30%")
     service.pipeline = Latest(NOTHING)
     assert service.status_text(stats).endswith("; uncertain")
+
+
+def test_run_json_keeps_exactly_top_k_without_background(demo_video, int8_model):
+    result = edge_app(
+        "run", "--source", demo_video, "--headless", "--json", "--no-pace", "--max-frames",
+        "40", "-k", "4", "-m", int8_model,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 40
+    for record in records:
+        assert len(record["top"]) == 4
+        assert all(p["index"] != 0 for p in record["top"])
