@@ -11,13 +11,16 @@ export EDGE_APP_MODEL_MIRROR
 export EDGE_APP_SHARED ?= $(SHARED)
 SOURCE ?= auto
 PYTEST_ARGS ?=
+# -qq: errors only. A newcomer's `make run` shows no setuptools editable-install banner,
+# no pip version notice and no index warnings; a failed install still says why.
+PIP := $(PY) -m pip -qq --disable-pip-version-check
 
 .PHONY: install run test lint bench bench-quick test-arm clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[opencv,test]"
+	$(PIP) install --upgrade pip
+	$(PIP) install -e ".[opencv,test]"
 	touch $@
 
 ## install: create .venv with the project and its dependencies

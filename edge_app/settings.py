@@ -14,6 +14,7 @@ this without paying for them.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -103,7 +104,18 @@ class ModelSettings:
     )
     top_k: int = setting(5, "int", lo=1, hi=1001, doc="predictions to report", flag=("-k",))
     threshold: float = setting(
-        0.0, "float", lo=0.0, hi=1.0, doc="drop predictions scoring below this"
+        0.0,
+        "float",
+        lo=0.0,
+        hi=1.0,
+        doc="drop predictions scoring below this (machine formats otherwise keep exactly "
+        "top-k; views for people always hide scores under 1 %)",
+    )
+    keep_background: bool = setting(
+        False,
+        "bool",
+        doc="report the model's `background` class (index 0 of 1001-class models) like any "
+        "other; by default it is never a prediction",
     )
 
     def classifier_kwargs(self) -> dict:
@@ -117,6 +129,7 @@ class ModelSettings:
             "crop": self.crop,
             "top_k": self.top_k,
             "threshold": self.threshold,
+            "keep_background": self.keep_background,
         }
 
 
@@ -164,6 +177,9 @@ def type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
+ENV_PREFIX = "EDGE_APP_"
+
+
 def check_value(key: str, value: Any, meta: dict, origin: str = "") -> Any:
     """``value`` checked against a field's ``meta``, or a ConfigError naming ``key``
     (``source.fps``) and, when given, where the value came from (``--fps``)."""
@@ -172,6 +188,12 @@ def check_value(key: str, value: Any, meta: dict, origin: str = "") -> Any:
     except ConfigError as exc:
         if not origin:
             raise
+        if origin.startswith(ENV_PREFIX):
+            # The variable is to blame, not the config file it overrides: the file's name
+            # is left out (``from_environment``) so the line points at the right place.
+            error = ConfigError(f"environment variable {origin}={value!r}: {exc.message}")
+            error.from_environment = True
+            raise error from None
         raise ConfigError(f"{exc.message} (from {origin})") from None
 
 
@@ -241,10 +263,11 @@ def check_live_together(settings, section: str, origins: dict | None = None) -> 
             raise ConfigError(f"{section}.model must not be empty{where('model')}")
 
 
-def describe_field(section: str, f) -> str:
-    """One line for ``config check --explain``: key, default, bounds or choices, help."""
+def describe_field(section: str, f, default: Any = dataclasses.MISSING) -> str:
+    """One line for ``config check --explain``: key, default (the field's unless given),
+    bounds or choices, help."""
     meta = f.metadata
-    default = f.default
+    default = f.default if default is dataclasses.MISSING else default
     text = f"{section}.{f.name} = {default!r}" if meta["kind"] == "str" else None
     if text is None:
         shown = str(default).lower() if meta["kind"] == "bool" else default

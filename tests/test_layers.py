@@ -19,6 +19,7 @@ RANKS = {
     "errors": 0,
     "results": 0,
     "measure": 0,
+    "text": 0,
     "settings": 1,
     "inference": 2,
     "sources": 2,

@@ -48,12 +48,22 @@ def test_text_is_big_enough_and_everything_fits_in_the_frame(height, width, parr
     capital = ink_rows(text_ink(overlay, "M", height, width))
     # About 2.5 % of the frame height: 12 px at 480 rows, 27 px at 1080.
     assert capital >= 0.024 * height
+    panels = (layout.box, layout.info_box)
+    for x0, y0, x1, y1 in panels:
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+    area = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in panels)
+    assert area < 0.2 * width * height  # even with all five lines: most of the picture
     x0, y0, x1, y1 = layout.box
-    assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
-    assert (x1 - x0) * (y1 - y0) < 0.3 * width * height  # leaves most of the picture
-    assert all(y0 < b - capital and b < y1 for b in layout.baselines)
+    assert all(y0 < b - capital and b < y1 for b in layout.baselines[:5])
+    ix0, iy0, ix1, iy1 = layout.info_box
+    assert all(iy0 < b - capital and b < iy1 for b in layout.baselines[5:])
     assert len(layout.baselines) == 5 + 2  # top-5 plus rates and model name
-    assert np.diff(layout.baselines).min() >= 1.5 * capital  # lines do not touch
+    assert np.diff(layout.baselines[:5]).min() >= 1.5 * capital  # lines do not touch
+    assert np.diff(layout.baselines[5:]).min() >= 1.5 * capital
+    # The centre of the frame, where the subject is, stays clear of both panels.
+    cx0, cy0, cy1 = width // 3, height // 3, 2 * height // 3
+    for _, py0, px1, py1 in panels:  # both panels start at the left edge
+        assert px1 <= cx0 or py1 <= cy0 or py0 >= cy1
 
 
 def test_text_scales_with_the_frame():
@@ -68,11 +78,12 @@ def test_drawn_text_contrasts_with_its_box_even_on_white(height, width, parrot_r
     overlay = Overlay("mobilenet_v1_1.0_224_int8")
     image = np.full((height, width, 3), 255, np.uint8)  # the worst background
     overlay.draw(image, parrot_result)
-    x0, y0, x1, y1 = overlay.layout(height, width).box
-    box = image[y0:y1, x0:x1].max(axis=2)
-    text = box[box > 127]
-    assert np.median(box) <= 64  # the box is dark even over white
-    assert np.median(text) >= 200  # and the text is bright on it
+    layout = overlay.layout(height, width)
+    for x0, y0, x1, y1 in (layout.panel(1), layout.info_box):  # macaw: one line shown
+        box = image[y0:y1, x0:x1].max(axis=2)
+        text = box[box > 127]
+        assert np.median(box) <= 64  # the box is dark even over white
+        assert np.median(text) >= 200  # and the text is bright on it
 
 
 @pytest.mark.parametrize("height,width", SIZES)
@@ -98,20 +109,43 @@ def test_the_top_label_line_shows_the_result(height, width, parrot_result):
         assert match(overlay.prediction_text(top.score, other)) < 0.7
 
 
-def test_only_the_box_changes(parrot_result, test_images):
-    overlay = Overlay("mobilenet_v1_1.0_224_int8")
+def test_only_the_panels_change(parrot_result, test_images):
+    overlay = Overlay("mobilenet_v1_1.0_224_int8", show_crop=False)
     original = cv2.resize(cv2.imread(str(test_images / "parrot.jpg")), (640, 480))
     image = original.copy()
     assert overlay.draw(image, parrot_result) is image  # in place
-    x0, y0, x1, y1 = overlay.layout(480, 640).box
+    layout = overlay.layout(480, 640)
     outside = np.ones((480, 640), bool)
-    outside[y0:y1, x0:x1] = False
+    for x0, y0, x1, y1 in (layout.panel(1), layout.info_box):
+        outside[y0:y1, x0:x1] = False
+        assert not np.array_equal(image[y0:y1, x0:x1], original[y0:y1, x0:x1])
     np.testing.assert_array_equal(image[outside], original[outside])
-    assert not np.array_equal(image[y0:y1, x0:x1], original[y0:y1, x0:x1])
+
+
+@pytest.mark.parametrize("height,width", SIZES)
+def test_the_crop_outline_is_the_region_the_model_sees(height, width, parrot_result):
+    from edge_app.inference.preprocess import crop_box
+
+    image = np.zeros((height, width, 3), np.uint8)
+    Overlay("m", crop="central", model_size=(224, 224)).draw(image, parrot_result)
+    top, left, crop_h, crop_w = crop_box(height, width, "central", 1.0)
+    assert crop_h == crop_w == round(0.875 * height)  # 87.5 % of the shorter side
+    # The outline's right edge: a thin vertical line down the crop's right side.
+    column = image[top + crop_h // 2 - 20 : top + crop_h // 2 + 20, left + crop_w - 1]
+    assert (column.max(axis=1) > 150).all()
+    layout = Overlay("m").layout(height, width)
+    centre = image[layout.box[3] : layout.info_box[1], left + 2 : left + crop_w - 2]
+    assert centre.max() == 0  # only an outline: the subject between the panels is untouched
+    hidden = np.zeros((height, width, 3), np.uint8)
+    Overlay("m", show_crop=False).draw(hidden, parrot_result)
+    assert hidden[top + crop_h // 2, left + crop_w - 1].max() == 0  # toggled off
+    none = np.zeros((height, width, 3), np.uint8)
+    Overlay("m", crop="none").draw(none, parrot_result)
+    assert none[height // 2, width - 1].max() == 0  # the whole frame: nothing to outline
 
 
 def test_long_labels_are_cut_to_fit_and_rates_are_shown():
-    overlay = Overlay("a_model_with_a_long_name_v1_1.0_224_quant_edgetpu_extra")
+    overlay = Overlay("a_model_with_a_long_name_v1_1.0_224_quant_edgetpu_extra", show_crop=False)
     long = Prediction(1, "a label far too long for any box on any screen, second synonym", 0.5)
     result = LiveResult(3, 0.0, [long], 9.84, 12.0, 58.3, 29.97)
     image = np.zeros((480, 640, 3), np.uint8)
@@ -123,11 +157,13 @@ def test_long_labels_are_cut_to_fit_and_rates_are_shown():
         cv2.getTextSize(fitted, cv2.FONT_HERSHEY_SIMPLEX, layout.scale, 1)[0][0]
         <= layout.text_width
     )
-    assert overlay.info_lines(result)[0] == "58.3 FPS  9.8 ms  cam 30.0 FPS"
+    assert overlay.info_lines(result)[0] == "58.3 FPS  invoke 9.8 ms  cam 30 FPS"  # units
     assert overlay.info_lines(None)[0] == "waiting for the first result"
     assert overlay.info_lines(result, paused=True)[1].endswith("[paused]")
-    ink_right = np.flatnonzero((image.max(axis=2) > 0).any(axis=0)).max()
+    ink_right = np.flatnonzero((image[: layout.box[3]].max(axis=2) > 0).any(axis=0)).max()
     assert ink_right < layout.box[2]  # nothing spills out of the box
+    info = image[layout.box[3] :]
+    assert np.flatnonzero((info.max(axis=2) > 0).any(axis=0)).max() < layout.info_box[2]
 
 
 def test_layout_is_computed_once_per_frame_size():
@@ -172,3 +208,25 @@ def test_a_snapshot_into_an_unwritable_folder_is_one_logged_line(tmp_path, parro
     assert len(errors) == 1 and "Not a directory" in errors[0].getMessage()
     assert "\n" not in errors[0].getMessage()
     assert list(tmp_path.iterdir()) == [blocker]
+
+
+def test_no_background_and_no_score_under_one_percent_is_drawn():
+    """The human rule: 1001-class models' `background` and 0 % classes are noise."""
+    overlay = Overlay("m", show_crop=False)
+    noisy = [
+        Prediction(0, "background", 0.40),
+        Prediction(286, "Egyptian cat", 0.35),
+        Prediction(282, "tiger cat", 0.2),
+        Prediction(1, "tench, Tinca tinca", 0.004),
+        Prediction(2, "goldfish, Carassius auratus", 0.0),
+    ]
+    result = LiveResult(1, 0.0, noisy, 7.0, 20.0, 30.0, 30.0)
+    assert overlay.prediction_lines(result) == [" 35% Egyptian cat", " 20% tiger cat"]
+    image = np.zeros((480, 640, 3), np.uint8)
+    overlay.draw(image, result)
+    layout = overlay.layout(480, 640)
+    # Lines three to five are not drawn at all: the panel ends after two lines.
+    below = image[layout.panel(2)[3] : layout.box[3], : layout.box[2]]
+    assert below.max() == 0
+    nothing = LiveResult(2, 0.0, [noisy[0], noisy[3], noisy[4]], 7.0, 20.0, 30.0, 30.0)
+    assert overlay.prediction_lines(nothing) == ["uncertain"]

@@ -23,20 +23,30 @@ def summarize_ms(samples_ms: list[float]) -> dict:
     }
 
 
-def measure_invoke(classifier, runs: int = 100, warmup: int = 10, seconds: float | None = None):
+def measure_invoke(
+    classifier,
+    runs: int = 100,
+    warmup: int = 10,
+    seconds: float | None = None,
+    on_invoke=None,
+):
     """Invoke latency on a realistic input (a preprocessed synthetic frame).
 
     Runs ``runs`` invokes, or for ``seconds`` if given (at least 5 invokes).
+    ``on_invoke()`` is called after each one (a progress bar), outside the timing.
     """
+    tick = on_invoke or (lambda: None)
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
     classifier.preprocess(frame)
     for _ in range(warmup):
         classifier.invoke()
+        tick()
     samples: list[float] = []
     deadline = time.perf_counter() + seconds if seconds else None
     while True:
         samples.append(classifier.invoke())
+        tick()
         if deadline is None and len(samples) >= runs:
             break
         if deadline is not None and time.perf_counter() >= deadline and len(samples) >= 5:

@@ -26,6 +26,8 @@ from edge_app.inference.preprocess import crop_covers
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: above any phone or Pi HQ camera photo
 MAX_FILE_BYTES = 200 * 1024 * 1024
+JPEG_SOI = b"\xff\xd8"  # every JPEG starts with the start-of-image marker
+TRUNCATED_JPEG = "truncated JPEG (no end-of-image marker)"
 
 _REDUCED_FLAGS = {
     2: cv2.IMREAD_REDUCED_COLOR_2,
@@ -139,6 +141,10 @@ def decode_image(
     still covers the model's input after ``crop``.
     """
     data = read_bytes(Path(path))
+    if data[:2] == JPEG_SOI and _jpeg_truncated(data):
+        # Before the header probe: a file cut inside its header (EXIF) would otherwise
+        # surface as Pillow's "Truncated File Read".
+        raise InputError(TRUNCATED_JPEG)
     fmt, width, height, orientation = probe(data)
     if width * height > max_pixels:
         raise InputError(
@@ -146,7 +152,7 @@ def decode_image(
             f"limit {max_pixels / 1e6:.0f} MP)"
         )
     if fmt == "JPEG" and _jpeg_truncated(data):
-        raise InputError("truncated JPEG (no end-of-image marker)")
+        raise InputError(TRUNCATED_JPEG)
     factor = choose_reduction(width, height, model_size, crop) if fmt == "JPEG" and reduced else 1
     flags = _REDUCED_FLAGS.get(factor, cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
     image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)

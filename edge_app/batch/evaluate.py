@@ -103,6 +103,9 @@ class EvalReport:
     per_class: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
     confusions: Counter = field(default_factory=Counter)
     unmatched_examples: list[str] = field(default_factory=list)
+    # (path, truth class, predicted class, its score, truth within the top-5) per miss
+    misses: list[tuple[str, str, str, float, bool]] = field(default_factory=list)
+    class_confusions: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
 
     def add(self, record: dict, truth_name: str | None, truth: set[int], labels: list[str]):
         self.images += 1
@@ -123,17 +126,44 @@ class EvalReport:
             self.top1 += 1
             stats[0] += 1
         elif top:
-            self.confusions[(class_name, record["top"][0]["label"].split(",")[0])] += 1
+            predicted = record["top"][0]["label"].split(",")[0]
+            self.confusions[(class_name, predicted)] += 1
+            self.class_confusions[class_name][predicted] += 1
+            in_top5 = bool(truth & set(top[:5]))
+            self.misses.append(
+                (record["path"], class_name, predicted, record["top"][0]["score"], in_top5)
+            )
         if truth & set(top[:5]):
             self.top5 += 1
+
+    @property
+    def one_photo_per_class(self) -> bool:
+        """True when most classes have a single photo: per-class accuracy is then 0 or
+        100 % and ranking classes by it says nothing, so single mistakes are listed."""
+        counts = sorted(n for _, n in self.per_class.values())
+        return bool(counts) and counts[len(counts) // 2] < 2
 
     def to_json(self, worst: int = 10) -> dict:
         def pct(n: int) -> float:
             return round(100.0 * n / self.evaluated, 2) if self.evaluated else 0.0
 
+        # Only classes with a miss are "worst" at all. Lowest recall first; among equals
+        # more misses, then the most confident wrong answer (with one photo per class
+        # every miss is 0/1, and a confident mistake says more than the alphabet).
+        confidence: dict[str, float] = defaultdict(float)
+        for _, truth_class, _, score, _ in self.misses:
+            confidence[truth_class] = max(confidence[truth_class], score)
         worst_classes = sorted(
-            self.per_class.items(), key=lambda kv: (kv[1][0] / kv[1][1], -kv[1][1], kv[0])
+            ((name, cn) for name, cn in self.per_class.items() if cn[0] < cn[1]),
+            key=lambda kv: (
+                kv[1][0] / kv[1][1],
+                -(kv[1][1] - kv[1][0]),
+                -confidence[kv[0]],
+                kv[0],
+            ),
         )[:worst]
+        # The most confident mistakes first: those are the ones worth a look.
+        misses = sorted(self.misses, key=lambda m: (-m[3], m[0]))[:worst]
         return {
             "images": self.images,
             "evaluated": self.evaluated,
@@ -143,9 +173,29 @@ class EvalReport:
             "top5": pct(self.top5),
             "top1_correct": self.top1,
             "top5_correct": self.top5,
+            "one_photo_per_class": self.one_photo_per_class,
             "worst_classes": [
-                {"class": name, "correct": c, "images": n, "accuracy": round(100.0 * c / n, 1)}
+                {
+                    "class": name,
+                    "correct": c,
+                    "images": n,
+                    "accuracy": round(100.0 * c / n, 1),
+                    "confused_with": [
+                        {"predicted": p, "count": k}
+                        for p, k in self.class_confusions[name].most_common(3)
+                    ],
+                }
                 for name, (c, n) in worst_classes
+            ],
+            "misclassified": [
+                {
+                    "path": path,
+                    "truth": truth,
+                    "predicted": predicted,
+                    "score": round(score, 4),
+                    "truth_in_top5": in_top5,
+                }
+                for path, truth, predicted, score, in_top5 in misses
             ],
             "confusions": [
                 {"truth": t, "predicted": p, "count": n}

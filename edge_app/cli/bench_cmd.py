@@ -6,6 +6,7 @@ import json
 
 import click
 
+from edge_app.cli.progress import Progress
 from edge_app.inference.runtime import default_threads
 from edge_app.settings import DEFAULT_MODEL, RUNTIME_CHOICES
 
@@ -48,9 +49,28 @@ def parse_threads(value: str | None) -> list[int]:
 @click.option(
     "--compare-xnnpack", is_flag=True, help="Measure both with and without XNNPACK, side by side."
 )
-@click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True)
-@click.option("-n", "--runs", type=click.IntRange(min=5), default=100, show_default=True)
-@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIME_CHOICES),
+    default="auto",
+    show_default=True,
+    help="TFLite runtime; auto prefers ai_edge_litert, then tflite_runtime, then tensorflow.",
+)
+@click.option(
+    "-n",
+    "--runs",
+    type=click.IntRange(min=5),
+    default=100,
+    show_default=True,
+    help="Timed invokes per configuration (the percentiles come from these).",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="Untimed invokes first, per configuration (caches, thread pool, delegate set-up).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 def bench(models, threads, xnnpack, compare_xnnpack, runtime, runs, warmup, as_json):
     """Measure model invoke latency (p50/p90/p99) and rate.
@@ -70,11 +90,17 @@ def bench(models, threads, xnnpack, compare_xnnpack, runtime, runs, warmup, as_j
     thread_list = parse_threads(threads)
     delegate_settings = [True, False] if compare_xnnpack else [xnnpack]
     rows = []
-    for model in models or (DEFAULT_MODEL,):
+    model_list = models or (DEFAULT_MODEL,)
+    configurations = len(model_list) * len(thread_list) * len(delegate_settings)
+    bar = Progress(configurations * (warmup + runs), "invokes", label="measuring")
+    for model in model_list:
         for count in thread_list:
             for use_xnnpack in delegate_settings:
                 classifier = Classifier(model, runtime=runtime, threads=count, xnnpack=use_xnnpack)
-                figures = measure_invoke(classifier, runs=runs, warmup=warmup)
+                figures = measure_invoke(
+                    classifier, runs=runs, warmup=warmup, on_invoke=bar.advance
+                )
+                bar.clear()
                 rows.append(
                     {
                         "model": classifier.model_name,
@@ -87,6 +113,7 @@ def bench(models, threads, xnnpack, compare_xnnpack, runtime, runs, warmup, as_j
                 del classifier
                 if not as_json:
                     _print_row(rows[-1], rows[0])
+    bar.close()
     if as_json:
         base = rows[0]["rate_per_s"] or 1.0
         for row in rows:

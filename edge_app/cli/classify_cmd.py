@@ -11,7 +11,10 @@ import click
 
 from edge_app.batch.records import FORMATS, done_paths, fsync_close, make_writer, open_output
 from edge_app.cli.options import classifier_options, pop_classifier_kwargs
+from edge_app.cli.progress import Progress
+from edge_app.cli.table import ClassifyTable
 from edge_app.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
+from edge_app.text import plural
 
 
 @dataclass
@@ -87,7 +90,7 @@ def _banner(classifier) -> str:
 @click.option(
     "--progress/--no-progress",
     default=None,
-    help="Progress bar on stderr (default: when stderr is a terminal).",
+    help="Progress bar on stderr (default: when stderr is a terminal and not -q).",
 )
 def classify(paths, recursive, workers, fmt, output, resume, full_decode, progress, **kwargs):
     """Classify image files, folders and globs (JPEG, PNG, BMP, WebP, TIFF).
@@ -123,53 +126,52 @@ def classify(paths, recursive, workers, fmt, output, resume, full_decode, progre
     classifier, classifier_kwargs = plan.classifier, plan.classifier_kwargs
     workers, threads = plan.workers, plan.threads
     stream, existing = open_output(output, resume)
-    writer = make_writer(fmt, stream, classifier_kwargs["top_k"], header=not existing)
-
     err = click.get_text_stream("stderr")
-    if progress is None:
-        progress = err.isatty() and not (output is None and stdout_tty)
+    bar = Progress(len(todo), "images", label="classifying", stream=err, enabled=progress)
+    if fmt == "table":  # aligned columns for a person (cli/table.py); JSONL/CSV for programs
+        paths_shown = [item.path for item in todo]
+        writer = ClassifyTable(stream, paths, paths_shown, before_line=bar.clear)
+    else:
+        writer = make_writer(fmt, stream, classifier_kwargs["top_k"], header=not existing)
     note = f"; {len(already)} already in {output}" if already else ""
     click.echo(
-        f"classifying {len(todo)} images with {Path(classifier_kwargs['model']).stem}: "
-        f"{workers} worker(s) x {threads} thread(s); {plan.runtime_summary}{note}",
+        f"classifying {plural(len(todo), 'image')} with {Path(classifier_kwargs['model']).stem}: "
+        f"{plural(workers, 'worker')} x {plural(threads, 'thread')}; {plan.runtime_summary}{note}",
         err=True,
     )
     if skipped:
-        click.echo(f"skipping {skipped} files that are not images (by suffix)", err=True)
+        click.echo(f"skipping {plural(skipped, 'file')} that are not images (by suffix)", err=True)
 
     decode_kwargs = {"reduced": not full_decode}
     failed = done = 0
     start = time.perf_counter()
     records = run_batch(todo, classifier_kwargs, workers, decode_kwargs, classifier)
-    bar = click.progressbar(length=len(todo), file=err, label="classifying") if progress else None
     try:
-        if bar:
-            bar.__enter__()
+        bar.render()
         for record in records:
             writer.write(record)
             done += 1
             failed += not record["ok"]
             if not record["ok"] and output is not None:
+                bar.clear()
                 click.echo(f"{record['path']}: {record['error']}", err=True)
-            if bar:
-                bar.update(1)
+            bar.advance()
     except KeyboardInterrupt:
-        if bar:
-            bar.__exit__(None, None, None)
+        bar.close()
         writer.close()
         if output is not None:
             fsync_close(stream)
         where = f"; rerun with --resume -o {output} to continue" if output else ""
-        click.echo(f"interrupted after {done} of {len(todo)} images{where}", err=True)
+        click.echo(f"interrupted after {done} of {plural(len(todo), 'image')}{where}", err=True)
         sys.exit(130)
-    if bar:
-        bar.__exit__(None, None, None)
+    bar.close()
     writer.close()
     if output is not None:
         fsync_close(stream)
     elapsed = time.perf_counter() - start
     rate = done / elapsed if elapsed > 0 else 0.0
     click.echo(
-        f"done: {done} images, {failed} failed, {elapsed:.1f} s, {rate:.1f} images/s", err=True
+        f"done: {plural(done, 'image')}, {failed} failed, {elapsed:.1f} s, {rate:.1f} images/s",
+        err=True,
     )
     sys.exit(EXIT_SOME_FAILED if failed else EXIT_OK)

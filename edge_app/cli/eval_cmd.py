@@ -10,7 +10,10 @@ from pathlib import Path
 import click
 
 from edge_app.cli.options import classifier_options, pop_classifier_kwargs
+from edge_app.cli.progress import Progress
+from edge_app.cli.table import display_path
 from edge_app.errors import ConfigError
+from edge_app.text import plural
 
 
 @click.command("eval")
@@ -26,13 +29,16 @@ from edge_app.errors import ConfigError
     "synonym of a label), auto (folder, then file name), or a CSV of path,label.",
 )
 @click.option("-w", "--workers", type=click.IntRange(min=1), help="Worker processes.")
-@click.option("--recursive/--no-recursive", default=True, show_default=True)
+@click.option(
+    "--recursive/--no-recursive", default=True, show_default=True, help="Descend into sub-folders."
+)
 @click.option(
     "--worst",
     type=click.IntRange(min=1),
     default=10,
     show_default=True,
-    help="Worst classes and confusions to list.",
+    help="How many worst classes (or, with one photo per class, misclassified photos) "
+    "and confusions to list.",
 )
 @click.option(
     "--records",
@@ -68,29 +74,23 @@ def eval_command(paths, truth, workers, recursive, worst, records, as_json, **kw
     source = TruthSource(truth if csv_path is None else "csv", LabelMatcher(labels), csv_path)
     report = EvalReport()
     click.echo(
-        f"evaluating {len(items)} images with {Path(classifier_kwargs['model']).stem}: "
-        f"{workers} worker(s) x {threads} thread(s)",
+        f"evaluating {plural(len(items), 'image')} with {Path(classifier_kwargs['model']).stem}: "
+        f"{plural(workers, 'worker')} x {plural(threads, 'thread')}",
         err=True,
     )
     sink = open(records, "w", encoding="utf-8") if records else None  # noqa: SIM115
     start = time.perf_counter()
-    err = click.get_text_stream("stderr")
-    bar = (
-        click.progressbar(length=len(items), file=err, label="evaluating") if err.isatty() else None
-    )
+    bar = Progress(len(items), "images", label="evaluating")
     try:
-        if bar:
-            bar.__enter__()
+        bar.render()
         for record in run_batch(items, classifier_kwargs, workers, {}, classifier):
             name, indices = source.truth(record["path"])
             report.add(record, name, indices, labels)
             if sink:
                 sink.write(json.dumps(record, ensure_ascii=False) + "\n")
-            if bar:
-                bar.update(1)
+            bar.advance()
     finally:
-        if bar:
-            bar.__exit__(None, None, None)
+        bar.close()
         if sink:
             sink.close()
     elapsed = time.perf_counter() - start
@@ -101,10 +101,10 @@ def eval_command(paths, truth, workers, recursive, worst, records, as_json, **kw
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        _print_report(result)
+        _print_report(result, paths)
     if report.no_truth:
         click.echo(
-            f"warning: {report.no_truth} images had no matching label for their truth, "
+            f"warning: {plural(report.no_truth, 'image')} had no matching label for their truth, "
             f"e.g. {report.unmatched_examples[0]}; see --truth",
             err=True,
         )
@@ -113,7 +113,7 @@ def eval_command(paths, truth, workers, recursive, worst, records, as_json, **kw
     sys.exit(1 if report.failed else 0)
 
 
-def _print_report(result: dict) -> None:
+def _print_report(result: dict, arguments=()) -> None:
     echo = click.echo
     echo(f"model      {result['model']}  (crop {result['crop']})")
     echo(
@@ -122,11 +122,28 @@ def _print_report(result: dict) -> None:
     )
     echo(f"top-1      {result['top1']:.2f} %  ({result['top1_correct']}/{result['evaluated']})")
     echo(f"top-5      {result['top5']:.2f} %  ({result['top5_correct']}/{result['evaluated']})")
-    if result["worst_classes"]:
-        echo("worst classes:")
+    if result["one_photo_per_class"] and result["misclassified"]:
+        # One photo per class: per-class accuracy is 0 or 100 %; the mistakes themselves
+        # (most confident first) are what is worth a look.
+        wrong = result["evaluated"] - result["top1_correct"]
+        shown = len(result["misclassified"])
+        echo(
+            f"misclassified: {plural(wrong, 'photo')}; the {shown} most confident mistakes "
+            "(truth -> predicted):"
+        )
+        for row in result["misclassified"]:
+            hint = "" if not row["truth_in_top5"] else "  (truth in top-5)"
+            path = display_path(row["path"], arguments)
+            echo(f"  {path}: {row['truth']} -> {row['predicted']} {row['score'] * 100:.0f} %{hint}")
+    elif result["worst_classes"]:
+        echo("worst classes (lowest recall; correct/photos, mostly confused with):")
         for row in result["worst_classes"]:
-            echo(f"  {row['accuracy']:5.1f} %  {row['correct']}/{row['images']}  {row['class']}")
-    if result["confusions"]:
+            confused = ", ".join(f"{c['predicted']} x{c['count']}" for c in row["confused_with"])
+            echo(
+                f"  {row['accuracy']:5.1f} %  {row['correct']:>3}/{row['images']:<3}  "
+                f"{row['class']}" + (f"  -> {confused}" if confused else "")
+            )
+    if result["confusions"] and not result["one_photo_per_class"]:
         echo("most frequent confusions (truth -> predicted):")
         for row in result["confusions"]:
             echo(f"  {row['count']:4d}  {row['truth']} -> {row['predicted']}")

@@ -18,6 +18,7 @@ from edge_app.cli.options import (
     source_options,
 )
 from edge_app.settings import PipelineSettings, SourceSettings
+from edge_app.text import plural
 
 log = logging.getLogger("edge_app.run")
 
@@ -51,7 +52,7 @@ def _sigterm_as_interrupt():
 
 def summary_line(summary: dict, json_unwritten: int = 0) -> str:
     line = (
-        f"edge-app: {summary['frames']} frames, {summary['results']} results, "
+        f"edge-app: {plural(summary['frames'], 'frame')}, {plural(summary['results'], 'result')}, "
         f"{summary['dropped']} dropped, {summary['mean_fps']:.1f} FPS mean, "
         f"latency p50 {summary['latency_ms_p50']:.1f} ms, p95 {summary['latency_ms_p95']:.1f} ms"
     )
@@ -94,7 +95,8 @@ def run(**kwargs) -> None:
     """Classify live frames from a camera, video file or stream, with an overlay.
 
     \b
-    Keys in the window: q or Esc quit, s snapshot (PNG + JSON), p pause.
+    Keys in the window: q or Esc quit, s snapshot (PNG + JSON), p pause,
+    c show or hide the outline of the region the model sees.
     Examples:
       edge-app run                                  (Pi camera or USB camera)
       edge-app run --source demo.mp4 --loop
@@ -161,9 +163,22 @@ def _no_window_reason(headless: bool) -> str | None:
 
 
 def _wait_headless(pipeline, writer) -> None:
-    while not pipeline.wait(0.2):
-        if writer is not None and writer.broken.is_set():
-            return
+    from edge_app.cli.progress import quiet_requested
+    from edge_app.live.status_line import StatusLine
+
+    # A status line on stderr (live on a terminal, unless JSON lines share that terminal).
+    err = click.get_text_stream("stderr")
+    live = err.isatty() and not (writer is not None and sys.stdout.isatty())
+    status = None if quiet_requested() else StatusLine(pipeline, err, live=live)
+    try:
+        while not pipeline.wait(0.2):
+            if status is not None:
+                status.tick()
+            if writer is not None and writer.broken.is_set():
+                return
+    finally:
+        if status is not None:
+            status.close()
 
 
 def _show_window(pipeline, classifier, source, kwargs) -> None:
@@ -173,7 +188,12 @@ def _show_window(pipeline, classifier, source, kwargs) -> None:
     window = Window(fullscreen=kwargs["fullscreen"])
     display = LiveDisplay(
         pipeline,
-        Overlay(classifier.model_name, classifier.top_k),
+        Overlay(
+            classifier.model_name,
+            classifier.top_k,
+            crop=classifier.crop,
+            model_size=classifier.input_size,
+        ),
         window,
         snapshot_dir=kwargs["snapshot_dir"],
         snapshot_extra={"source": source.description, "model": classifier.model_name},

@@ -14,7 +14,7 @@ from edge_app.inference.labels import load_labels
 from edge_app.inference.model import ModelSpec, inspect_interpreter, read_model_file
 from edge_app.inference.preprocess import Preprocessor
 from edge_app.inference.runtime import Runtime, default_threads, select_runtime
-from edge_app.results import Prediction
+from edge_app.results import Prediction, is_background
 from edge_app.settings import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class Classifier:
         crop: str = "central",
         top_k: int = 5,
         threshold: float = 0.0,
+        keep_background: bool = False,
     ):
         if top_k < 1:
             raise ConfigError("model.top_k must be at least 1")
@@ -80,6 +81,14 @@ class Classifier:
         )
         self.top_k = min(top_k, self.spec.num_outputs)
         self.threshold = threshold
+        # 1001-class models put "background" (none of the classes) at index 0: it is not
+        # an answer, so top-k skips it unless asked to keep it.
+        self.keep_background = keep_background
+        self.background = frozenset(
+            ()
+            if keep_background
+            else (i for i, lab in enumerate(self.labels) if is_background(lab))
+        )
         self._input_index = self.spec.input_index
         self._output_index = self.spec.output_index
         quantized = self.spec.output_dtype != np.float32
@@ -160,7 +169,9 @@ class Classifier:
         # One stable sort: exact ties break by class index, so every platform orders
         # them alike. Right after invoke() every numpy call runs on cold caches, and
         # this does the least of them (~100 us a frame fewer than partition + lexsort).
-        best = np.argsort(-scores, kind="stable")[:k].tolist()
+        best = np.argsort(-scores, kind="stable")[: k + len(self.background)].tolist()
+        if self.background:
+            best = [i for i in best if i not in self.background][:k]
         labels = self.labels
         return [
             Prediction(i, labels[i], score)

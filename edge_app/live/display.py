@@ -1,7 +1,7 @@
 """The OpenCV window for `edge-app run`: annotated live picture and keys.
 
 Keys: ``q`` or Esc quit, ``s`` saves an annotated snapshot (PNG plus JSON), ``p``
-pauses and resumes. OpenCV's window must be driven from the main thread, so the
+pauses and resumes, ``c`` shows or hides the outline of the model's crop. OpenCV's window must be driven from the main thread, so the
 display loop runs there and only ever reads the pipeline's latest frame and result.
 Nothing here is touched in a headless run: with OpenCV's Qt build, creating a window
 without a display would abort the process.
@@ -157,6 +157,9 @@ class LiveDisplay:
                 return "quit"
             if key == ord("s"):
                 self.snapshot()
+            elif key == ord("c"):
+                self.overlay.show_crop = not self.overlay.show_crop
+                self._last_frame = None  # redraw with the outline changed
             elif key == ord("p"):
                 if self.pipeline.paused:
                     self.pipeline.resume()

@@ -1,9 +1,15 @@
 """The live overlay: top-k labels with scores and bars, rates and the model name.
 
-Drawn in place on the display frame (never the model input) inside a darkened backing
-box. Sizes scale with the frame height so the text reads the same from 640x480 to
-1920x1080; the layout is computed once per frame size and cached, so a frame costs a
-few ``cv2.putText`` calls on a small region (well under a millisecond at 640x480).
+Drawn in place on the display frame (never the model input) in two darkened,
+see-through panels kept to the corners: the predictions top left (only as tall as the
+lines shown), rates and model name bottom left; the centre, where the subject is, stays
+clear. A thin outline shows the region the model sees (its crop; ``show_crop``, the
+``c`` key in the window). Sizes scale with the frame so the text reads the same from
+640x480 to 1920x1080; the layout is computed once per frame size and cached, so a frame
+costs a few ``cv2.putText`` calls on small regions (well under a millisecond at 640x480).
+
+Predictions follow the human rule of :func:`edge_app.results.human_top`: no
+``background``, nothing under 1 %, and "uncertain" when nothing is left.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edge_app.results import LiveResult
+from edge_app.inference.preprocess import crop_box
+from edge_app.results import UNCERTAIN, LiveResult, human_top
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 BASE_HEIGHT = 480  # the frame height the base sizes below are for
@@ -23,7 +30,9 @@ TEXT_COLOUR = (255, 255, 255)
 INFO_COLOUR = (200, 220, 255)
 BAR_COLOUR = (60, 180, 255)
 BAR_TRACK = (90, 90, 90)
-LABEL_CHARS = 20  # the box is sized for labels this long; longer ones are cut
+CROP_COLOUR = (200, 200, 200)  # the model's region: visible, not loud
+LABEL_CHARS = 16  # the panel is sized for labels this long; longer ones are cut
+RATES_SAMPLE = "99.9 FPS  invoke 99.9 ms  cam 30 FPS"  # the info panel's width
 
 
 def short_label(label: str) -> str:
@@ -38,15 +47,25 @@ class Layout:
     scale: float
     thickness: int
     strokes: int  # 1 px strokes drawn side by side per character line
-    box: tuple[int, int, int, int]  # x0, y0, x1, y1
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1: the predictions panel, all k lines
+    info_box: tuple[int, int, int, int]  # the rates and model panel, bottom left
     line_height: int
     text_x: int  # labels start here (after the bar)
     bar_x: int
     bar_width: int
     bar_height: int
     baselines: tuple[int, ...]  # one per line: k predictions, then the info lines
+    pad: int
     text_width: int  # pixels available for a label
     info_width: int  # pixels available for an info line
+    crop: tuple[int, int, int, int] | None  # x0, y0, x1, y1 the model sees; None: all
+    crop_thickness: int
+
+    def panel(self, lines: int) -> tuple[int, int, int, int]:
+        """The predictions panel when it holds ``lines`` lines."""
+        x0, y0, x1, y1 = self.box
+        bottom = self.baselines[max(1, lines) - 1] + self.pad
+        return x0, y0, x1, min(y1, bottom)
 
 
 class Overlay:
@@ -54,9 +73,21 @@ class Overlay:
 
     INFO_LINES = 2  # rates; model name
 
-    def __init__(self, model_name: str = "", top_k: int = 5):
+    def __init__(
+        self,
+        model_name: str = "",
+        top_k: int = 5,
+        *,
+        crop: str = "central",
+        model_size: tuple[int, int] = (224, 224),
+        show_crop: bool = True,
+    ):
+        """``crop`` and ``model_size`` (height, width) place the crop outline."""
         self.model_name = model_name
         self.top_k = max(1, top_k)
+        self.crop = crop
+        self.model_size = model_size
+        self.show_crop = show_crop
         self._layouts: dict[tuple[int, int], Layout] = {}
         self._fitted: dict[tuple[str, float, int, int], str] = {}
 
@@ -75,46 +106,72 @@ class Overlay:
         thickness = 1
         strokes = max(1, round(unit))
         (_, cap_h), _ = cv2.getTextSize("M", FONT, scale, thickness)
-        line_height = int(round(cap_h * 1.9))
+        line_height = int(round(cap_h * 1.8))
         pad = int(round(8 * unit))
         margin = int(round(10 * unit))
-        bar_width = int(round(60 * unit))
+        bar_width = int(round(40 * unit))
         bar_height = max(3, int(round(cap_h * 0.8)))
         (sample_w, _), _ = cv2.getTextSize("100% " + "n" * LABEL_CHARS, FONT, scale, thickness)
         sample_w += strokes - 1
         x0, y0 = margin, margin
         x1 = min(width - margin, x0 + pad + bar_width + pad + sample_w + pad)
-        lines = self.top_k + self.INFO_LINES
-        y1 = min(height - margin, y0 + pad + lines * line_height + pad // 2)
+        y1 = min(height - margin, y0 + pad + self.top_k * line_height + pad // 2)
         first = y0 + pad + cap_h + (line_height - cap_h) // 2
-        baselines = tuple(first + i * line_height for i in range(lines))
+        baselines = [first + i * line_height for i in range(self.top_k)]
+        # The info panel sits in the bottom-left corner, as wide as its rates line.
+        (info_w, _), _ = cv2.getTextSize(RATES_SAMPLE, FONT, scale, thickness)
+        ix1 = min(width - margin, max(x1, x0 + pad + info_w + strokes - 1 + pad))
+        iy1 = height - margin
+        iy0 = max(y1, iy1 - (pad + self.INFO_LINES * line_height + pad // 2))
+        info_first = iy0 + pad + cap_h + (line_height - cap_h) // 2
+        baselines += [info_first + j * line_height for j in range(self.INFO_LINES)]
         bar_x = x0 + pad
         text_x = bar_x + bar_width + pad
+        crop = None
+        if self.crop != "none":
+            model_h, model_w = self.model_size
+            top, left, crop_h, crop_w = crop_box(height, width, self.crop, model_w / model_h)
+            crop = (left, top, left + crop_w - 1, top + crop_h - 1)
         return Layout(
             scale=scale,
             thickness=thickness,
             strokes=strokes,
             box=(x0, y0, x1, y1),
+            info_box=(x0, iy0, ix1, iy1),
             line_height=line_height,
             text_x=text_x,
             bar_x=bar_x,
             bar_width=bar_width,
             bar_height=bar_height,
-            baselines=baselines,
+            baselines=tuple(baselines),
+            pad=pad,
             text_width=max(0, x1 - pad - text_x),
-            info_width=max(0, x1 - pad - bar_x),
+            info_width=max(0, ix1 - pad - bar_x),
+            crop=crop,
+            crop_thickness=max(1, int(unit)),
         )
 
     def prediction_text(self, score: float, label: str) -> str:
         return f"{score * 100:3.0f}% {short_label(label)}"
+
+    def shown_predictions(self, result: LiveResult | None) -> list:
+        """The predictions drawn for ``result``: the human rule, at most top_k of them."""
+        return human_top(result.top)[: self.top_k] if result is not None else []
+
+    def prediction_lines(self, result: LiveResult | None) -> list[str]:
+        """The texts of the prediction lines, as drawn (before fitting to the panel)."""
+        top = self.shown_predictions(result)
+        if result is not None and not top:
+            return [UNCERTAIN]
+        return [self.prediction_text(p.score, p.label) for p in top]
 
     def info_lines(self, result: LiveResult | None, paused: bool = False) -> list[str]:
         if result is None:
             rates = "waiting for the first result"
         else:
             rates = (
-                f"{result.fps:.1f} FPS  {result.inference_ms:.1f} ms  "
-                f"cam {result.camera_fps:.1f} FPS"
+                f"{result.fps:.1f} FPS  invoke {result.inference_ms:.1f} ms  "
+                f"cam {result.camera_fps:.0f} FPS"
             )
         name = self.model_name + ("  [paused]" if paused else "")
         return [rates, name]
@@ -142,11 +199,18 @@ class Overlay:
     ) -> np.ndarray:
         """Draw on ``image`` (BGR, in place) and return it."""
         layout = self.layout(image.shape[0], image.shape[1])
-        x0, y0, x1, y1 = layout.box
-        box = image[y0:y1, x0:x1]
-        np.right_shift(box, 2, out=box)  # darken to a quarter: the text always reads
-        top = result.top[: self.top_k] if result is not None else []
+        if self.show_crop and layout.crop is not None:
+            cx0, cy0, cx1, cy1 = layout.crop
+            # Drawn first, so the panels go over it.
+            cv2.rectangle(image, (cx0, cy0), (cx1, cy1), CROP_COLOUR, layout.crop_thickness)
+        top = self.shown_predictions(result)
+        lines = len(top) if top else 1  # "uncertain" (or nothing yet) takes one line
+        for x0, y0, x1, y1 in (layout.panel(lines), layout.info_box):
+            box = image[y0:y1, x0:x1]
+            np.right_shift(box, 2, out=box)  # a quarter of the picture shows through
         put = self._put
+        if result is not None and not top:
+            put(image, UNCERTAIN, layout.text_x, layout.baselines[0], TEXT_COLOUR, layout)
         for i, prediction in enumerate(top):
             baseline = layout.baselines[i]
             bar_top = baseline - layout.bar_height

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge_app.errors import ConfigError
-from edge_app.results import Prediction
+from edge_app.results import Prediction, is_background
 
 
 class LabelSmoother:
@@ -56,6 +56,9 @@ class LabelSmoother:
         """``top`` (the top-k of ``scores``) reordered so the held label leads."""
         shown = self.shown(scores)
         if not top or top[0].index == shown:
+            return top
+        if is_background(labels[shown]) and all(p.index != shown for p in top):
+            self._shown = top[0].index  # top-k left background out: hold a real class
             return top
         held = Prediction(shown, labels[shown], float(scores[shown]))
         return [held, *(p for p in top if p.index != shown)][: len(top)]

@@ -23,6 +23,7 @@ from typing import Any
 
 from edge_app.errors import ConfigError, os_reason, translate
 from edge_app.settings import (
+    ENV_PREFIX,
     LIVE_SECTIONS,
     ModelSettings,
     PipelineSettings,
@@ -34,7 +35,6 @@ from edge_app.settings import (
     type_name,
 )
 
-ENV_PREFIX = "EDGE_APP_"
 # Variables other parts of the app read, even where they look like a section's key.
 OTHER_VARIABLES = {
     "EDGE_APP_MODEL_MIRROR",
@@ -49,6 +49,10 @@ opt = setting  # the service's own sections are declared like the live ones
 SourceConfig = SourceSettings
 ModelConfig = ModelSettings
 PipelineConfig = PipelineSettings
+# Where the service's default differs from `run`'s. Smoothing is on for a service: it logs
+# and publishes label changes, which should be real changes, not a flicker between two
+# close classes (with smoothing, the hysteresis becomes 0.1).
+SERVICE_DEFAULTS: dict[str, dict[str, Any]] = {"pipeline": {"smooth": 0.6}}
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,9 @@ class ServiceSection:
 class ServiceConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    pipeline: PipelineConfig = field(
+        default_factory=lambda: PipelineConfig(**SERVICE_DEFAULTS["pipeline"])
+    )
     web: WebConfig = field(default_factory=WebConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     eventlog: EventLogConfig = field(default_factory=EventLogConfig)
@@ -266,6 +272,8 @@ def from_document(
     values: dict[str, Any] = {}
     for name, table in document.items():
         if name in SECTIONS:
+            if name in SERVICE_DEFAULTS and isinstance(table, dict):
+                table = {**SERVICE_DEFAULTS[name], **table}
             values[name] = _build(SECTIONS[name], table, name, origins)
         elif name in ARRAY_SECTIONS:
             if isinstance(table, dict):
@@ -407,6 +415,8 @@ def load_config(
             config = _resolve_beside(config, Path(path).expanduser().resolve().parent)
         _check_files(config)
     except ConfigError as exc:
+        if getattr(exc, "from_environment", False):
+            raise
         raise ConfigError(f"{origin}: {exc.message}") from None
     return config
 
@@ -421,7 +431,12 @@ def explain() -> list[str]:
     lines = []
     for section, cls in tables:
         lines.append(f"[{section}]")
-        lines.extend("  " + describe_field(section, f) for f in fields(cls) if "kind" in f.metadata)
+        defaults = SERVICE_DEFAULTS.get(section, {})
+        lines.extend(
+            "  " + describe_field(section, f, defaults.get(f.name, f.default))
+            for f in fields(cls)
+            if "kind" in f.metadata
+        )
     return lines
 
 

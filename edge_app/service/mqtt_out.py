@@ -3,8 +3,10 @@ commands. Topics (``<base>`` is ``<mqtt.prefix>/<device_id>``):
 
   ``<base>/state``          JSON: the newest result (the `run --json` record plus label,
                             score, device_id, source_state, state, paused, thresholds,
-                            model); sent when the top label, the service state or a
-                            command changes it, and every ``interval`` seconds
+                            model; ``top`` and ``label`` follow results.human_top: no
+                            background, nothing under 1 %, "uncertain"); sent when
+                            the top label, the service state or a command changes
+                            it, and every ``interval`` seconds
   ``<base>/availability``   ``online`` (retained) once connected; the broker sends the
                             retained will ``offline`` if the service vanishes, and a
                             clean stop sends it too
@@ -41,6 +43,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from edge_app.errors import ConfigError
+from edge_app.results import UNCERTAIN, human_top
 from edge_app.service.ha_discovery import OFFLINE, ONLINE, Topics, discovery_configs
 from edge_app.service.mqtt_commands import CommandError, parse_command
 from edge_app.service.watches import TRIGGER, Watch, Watches
@@ -300,10 +303,12 @@ class MqttPublisher:
         if result is None:
             return {"label": None, "score": None, "fps": None, "latency_ms": None,
                     "inference_ms": None, **extra}  # fmt: skip
-        top = result.top[0] if result.top else None
+        shown = human_top(result.top)  # a dashboard is read by people: the human rule
+        top = shown[0] if shown else None
         return {
             **result.to_json(),
-            "label": top.label if top else None,
+            "top": [p.to_json() for p in shown],
+            "label": top.label if top else UNCERTAIN,
             "score": round(top.score, 5) if top else None,
             **extra,
         }

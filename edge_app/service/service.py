@@ -20,6 +20,7 @@ from pathlib import Path
 from edge_app import __version__
 from edge_app.errors import ConfigError, EdgeAppError
 from edge_app.live.stats import PipelineStats
+from edge_app.results import human_label
 from edge_app.service.config import ServiceConfig, load_config
 from edge_app.service.frames import JpegFeed, LatestBoard
 from edge_app.service.health import HealthMonitor, HealthState, health_report
@@ -64,6 +65,7 @@ class Service:
         self.reload_failures = 0
         self.ready = False
         self._shut_down = False
+        self._stop_requested_at: float | None = None
         # Health is decided from the same stats snapshot a client is shown, at the moment it
         # asks (not on the main loop's tick), so /healthz, /api/latest and /api/stats agree.
         self._monitor = HealthMonitor(config.service.stall_s)
@@ -106,9 +108,10 @@ class Service:
         )
         pipeline.add_listener(self._on_result)
         classifier = pipeline.classifier
+        view = {"crop": classifier.crop, "model_size": classifier.input_size}
         overlays = (
-            Overlay(classifier.model_name, classifier.top_k),
-            Overlay(classifier.model_name, classifier.top_k),
+            Overlay(classifier.model_name, classifier.top_k, **view),
+            Overlay(classifier.model_name, classifier.top_k, **view),
         )
         return pipeline, overlays
 
@@ -189,6 +192,8 @@ class Service:
 
     # -- running ---------------------------------------------------------------------------
     def request_stop(self) -> None:
+        if self._stop_requested_at is None:  # "stopped in" counts from the signal
+            self._stop_requested_at = time.monotonic()
         self._stop.set()
         self._wake.set()
 
@@ -301,9 +306,9 @@ class Service:
             f"{stats['camera_fps']:.1f} FPS camera, {stats['invoke_ms']:.1f} ms invoke"
         )
         latest = self.pipeline.latest() if self.pipeline else None
-        if latest is not None and latest[0].top:
-            top = latest[0].top[0]
-            text += f"; {top.label.split(',')[0]} {top.score:.0%}"
+        if latest is not None:  # the human rule: no background, nothing under 1 %
+            label, score = human_label(latest[0].top)
+            text += f"; {label}" + (f" {score:.0%}" if score is not None else "")
         return text
 
     # -- reload ----------------------------------------------------------------------------
@@ -397,7 +402,7 @@ class Service:
             return
         self._shut_down = True
         self.notifier.stopping()
-        began = time.monotonic()
+        began = self._stop_requested_at or time.monotonic()
         if self.pipeline is not None:
             self.pipeline.stop(timeout=1.0)
         for output in (self.eventlog, self.triggers, self.mqtt):
@@ -414,7 +419,10 @@ class Service:
             self.web = None
         self.notifier.close()
         if self.ready:
-            log.info("stopped in %.2f s", time.monotonic() - began)
+            log.info(
+                "stopped in %.2f s (from the stop request to the end of shutdown)",
+                time.monotonic() - began,
+            )
 
     # -- what the web server reads ---------------------------------------------------------
     def latest_json(self) -> dict | None:

@@ -21,6 +21,7 @@ host without a token.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import json
 import logging
@@ -84,8 +85,14 @@ class WebServer:
         try:
             self.httpd = server_class((host.strip("[]"), config.port), Handler)
         except OSError as exc:
+            hint = ""
+            if exc.errno == errno.EADDRINUSE:
+                hint = (
+                    f" (port {config.port} is taken: another edge-app running? "
+                    "choose another web.port, or EDGE_APP_WEB_PORT)"
+                )
             raise ConfigError(
-                f"web: cannot listen on {host}:{config.port}: {exc.strerror or exc}"
+                f"web: cannot listen on {host}:{config.port}: {exc.strerror or exc}{hint}"
             ) from None
         self.httpd.app = self
         self._thread = threading.Thread(
