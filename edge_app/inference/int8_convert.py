@@ -90,12 +90,6 @@ def convert(
     graph = model.subgraphs[0]
     tensors = graph.tensors
     ops = [tflite_model.opcode_name(model.operatorCodes[op.opcodeIndex]) for op in graph.operators]
-    unsupported = sorted({name for name in ops if name not in INT8_VERSIONS})
-    if unsupported:
-        raise ConversionRefused(
-            f"cannot convert {where} exactly: operator(s) {', '.join(unsupported)} "
-            f"(supported: {', '.join(INT8_VERSIONS)})"
-        )
     for index in list(graph.inputs) + list(graph.outputs):
         if tensors[index].type != s.TensorType.UINT8:
             raise ConversionRefused(
@@ -103,6 +97,12 @@ def convert(
                 f"{tflite_model.tensor_type_name(tensors[index].type)}, not UINT8 "
                 "(only uint8 quantized models are converted)"
             )
+    unsupported = sorted({name for name in ops if name not in INT8_VERSIONS})
+    if unsupported:
+        raise ConversionRefused(
+            f"cannot convert {where} exactly: operator(s) {', '.join(unsupported)} "
+            f"(supported: {', '.join(INT8_VERSIONS)})"
+        )
     for tensor in tensors:
         if tensor.type not in (s.TensorType.UINT8, s.TensorType.INT32):
             raise ConversionRefused(
@@ -412,8 +412,8 @@ def self_check(
     from edge_app.inference.runtime import select_runtime
 
     runtime = runtime or select_runtime("auto")
-    a = runtime.make_interpreter(model_content=source, num_threads=1)
-    b = runtime.make_interpreter(model_content=derived, num_threads=1)
+    a = runtime.make_interpreter(model_content=source, num_threads=1, name="the uint8 source")
+    b = runtime.make_interpreter(model_content=derived, num_threads=1, name="the int8 result")
     height, width = (int(d) for d in a.get_input_details()[0]["shape"][1:3])
     images = list(images) if images is not None else synthetic_inputs(height, width)
     decided = agree = hold = 0
