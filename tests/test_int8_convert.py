@@ -227,10 +227,11 @@ def test_metadata_round_trip():
         ],
         outputs=[tflite_meta.TensorMetadata(name="scores", value_min=[0.0], value_max=[1.0])],
         associated_files=[
+            # the reader lists the model's files first, then the tensors'
+            tflite_meta.AssociatedFile("README", "DESCRIPTIONS", attached_to="model"),
             tflite_meta.AssociatedFile(
                 "birds.txt", "TENSOR_AXIS_LABELS", attached_to="output:scores"
             ),
-            tflite_meta.AssociatedFile("README", "DESCRIPTIONS", attached_to="model"),
         ],
     )
     buf = tflite_meta.build_metadata(meta)
