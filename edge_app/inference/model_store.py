@@ -424,7 +424,7 @@ class _Fetcher:
             if part is None:
                 return None
             try:
-                return self._install_from_archive(entry, part, url)
+                return self._install_from_archive(entry, part, url, _url_name(url))
             finally:
                 part.unlink(missing_ok=True)  # the member is out: the archive is not kept
         return None
@@ -467,20 +467,23 @@ class _Fetcher:
                 f"{actual[:16]}…; the file was not kept"
             )
 
-    def _install_from_archive(self, entry: Entry, archive: Path, where: str) -> Path:
+    def _install_from_archive(
+        self, entry: Entry, archive: Path, where: str, shown: str = ""
+    ) -> Path:
+        shown = shown or archive.name
         if sha256_of(archive) != entry.archive_sha256:
             raise FetchError(
-                f"checksum mismatch for {entry.name}'s archive {archive.name} from {where}: "
+                f"checksum mismatch for {entry.name}'s archive {shown} from {where}: "
                 f"expected {entry.archive_sha256[:16]}…; the file was not kept"
             )
-        self.on_step(f"extracting {entry.member} from {archive.name}")
+        self.on_step(f"extracting {entry.member} from {shown}")
         with self._temp(entry) as temp:
             try:
                 with tarfile.open(archive, "r:*") as tar:
                     member = _find_member(tar, entry.member)
                     if member is None:
                         raise FetchError(
-                            f"{archive.name} from {where} has no {entry.member} for {entry.name}"
+                            f"{shown} from {where} has no {entry.member} for {entry.name}"
                         )
                     with tar.extractfile(member) as src, open(temp, "wb") as out:
                         shutil.copyfileobj(src, out, _CHUNK)
@@ -596,7 +599,10 @@ def _http_get(url: str, part: Path, size_hint: int, on_progress: Progress | None
     request = urllib.request.Request(url, headers=headers)
     try:
         try:
-            response = urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S)
+            # A fresh opener each time: its ProxyHandler reads the proxy variables now
+            # (urlopen's shared opener keeps those of its first use).
+            opener = urllib.request.build_opener()
+            response = opener.open(request, timeout=DOWNLOAD_TIMEOUT_S)
         except urllib.error.HTTPError as exc:
             if exc.code == 416 and have:  # the part is already whole (or longer)
                 exc.close()
