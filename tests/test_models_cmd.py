@@ -208,10 +208,14 @@ def test_list_shows_every_model_and_where_it_comes_from(store):
     assert rows[INT8].startswith("* ")
     assert rows[INT8].rstrip().endswith("derived int8 from mobilenet_v1_1.0_224_quant")
     assert rows[f"{INT8}_tf"].rstrip().endswith("mirror only")
-    assert rows["mobilenet_v1_1.0_224_quant"].rstrip().endswith(
-        "https://storage.googleapis.com/download.tensorflow.org/models/"
-        "mobilenet_v1_2018_08_02/mobilenet_v1_1.0_224_quant.tgz "
-        "(mobilenet_v1_1.0_224_quant.tflite)"
+    assert (
+        rows["mobilenet_v1_1.0_224_quant"]
+        .rstrip()
+        .endswith(
+            "https://storage.googleapis.com/download.tensorflow.org/models/"
+            "mobilenet_v1_2018_08_02/mobilenet_v1_1.0_224_quant.tgz "
+            "(mobilenet_v1_1.0_224_quant.tflite)"
+        )
     )
     assert "4.6 MB" in rows[INT8] and "224x224" in rows[INT8] and " no " in rows[INT8]
     assert (
