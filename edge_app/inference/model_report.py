@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from edge_app.errors import LabelsError, ModelError
-from edge_app.inference import tflite_meta
 from edge_app.inference.labels import load_labels
 from edge_app.inference.runtime import select_runtime
 
@@ -248,6 +247,10 @@ def _io(details: list[dict], described: list) -> list[dict]:
 
 def model_info(path, runtime_name: str = "auto") -> dict:
     """Everything ``edge-app models info`` shows, as plain JSON-ready data."""
+    # Here, not at the top: the generated schema it reads with costs ~0.2 s to import,
+    # and run/serve import this module for xnnpack_coverage at start-up.
+    from edge_app.inference import tflite_meta
+
     path = Path(path)
     try:
         model_bytes = path.read_bytes()
