@@ -2,8 +2,8 @@
 sources: invoke rate at 1 and all threads, and top-1 on the ImageNet sample.
 
 The derived models are made here exactly as `edge-app models fetch` makes them
-(``int8_convert.convert`` with the packaged labels). Rates are measured in interleaved
-rounds (A, B, C, A, B, C, ...) so load from other processes hits every model alike; the
+(``int8_convert.convert`` with the packaged labels). Rates are measured interleaved, one
+invoke of each model in turn (A, B, C, A, B, C, ...), so load from other processes hits every model alike; the
 ratios' spread over rounds is the noise.
 """
 
@@ -50,10 +50,13 @@ def _rates(models: dict[str, Path], threads: int, rounds: int, per_round: int) -
     samples: dict[str, list[float]] = {name: [] for name in models}
     medians: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
-        for name, classifier in classifiers.items():
-            times = [classifier.invoke() for _ in range(per_round)]
-            samples[name] += times
-            medians[name].append(float(np.median(times)))
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for _ in range(per_round):  # one invoke of each in turn: load hits all alike
+            for name, classifier in classifiers.items():
+                times[name].append(classifier.invoke())
+        for name in models:
+            samples[name] += times[name]
+            medians[name].append(float(np.median(times[name])))
     return {
         name: {"rate_per_s": 1000.0 / float(np.median(samples[name])), "round_ms": medians[name]}
         for name in models
@@ -83,7 +86,7 @@ def _top1(models: dict[str, Path], images: list[tuple[int, Path]]) -> dict[str, 
 
 
 def run(quick: bool) -> dict:
-    rounds, per_round = (3, 10) if quick else (5, 30)
+    rounds, per_round = (3, 15) if quick else (5, 40)
     # Sorted by name, sample file k is class index k + 1 (see ../shared/README.md).
     all_images = [(k + 1, path) for k, path in enumerate(sorted(SAMPLE.iterdir()))]
     images = all_images[::5] if quick else all_images  # quick: every 5th photo, 200

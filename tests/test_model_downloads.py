@@ -388,3 +388,32 @@ def test_archive_member_without_metadata_gets_a_sidecar(store, server, shared_mo
     assert again.stdout.strip() == f"{INT8}: already present: {dest}"
     dest.write_bytes(dest.read_bytes()[:-10])  # damaged: no longer verified
     assert not model_store.verified(model_store.load_manifest()[INT8])
+
+
+def test_progress_line_shows_bytes_rate_and_time_left():
+    from edge_app.cli.progress import ByteProgress, format_progress
+
+    assert (
+        format_progress(1_200_000, 4_300_000, 2.0) == "1.2 MB of 4.3 MB   28%  600.0 kB/s  ETA 0:05"
+    )
+    assert format_progress(2_000_000, 0, 1.0) == "2.0 MB  2.0 MB/s"
+    # a resumed download: the rate counts only the bytes of this run
+    assert format_progress(3_000_000, 4_000_000, 1.0, since=2_000_000).endswith("ETA 0:01")
+
+    out = io.StringIO()
+    clock = iter([0.0, 1.0, 1.05, 2.0])
+    bar = ByteProgress(out, force=True, clock=lambda: next(clock))
+    bar.start("downloading x")
+    bar(0, 1000)
+    bar(500, 1000)
+    bar(600, 1000)  # within 0.2 s of the last line: not redrawn
+    bar(1000, 1000)
+    bar.finish()
+    lines = out.getvalue().split("\r")[1:]
+    assert [line.split(":")[0] for line in lines] == ["downloading x"] * 3
+    assert lines[-1].startswith("downloading x: 1000 B of 1000 B  100%") and lines[-1].endswith(
+        "\n"
+    )
+    quiet = io.StringIO()  # not a terminal: nothing drawn
+    ByteProgress(quiet)(10, 100)
+    assert quiet.getvalue() == ""

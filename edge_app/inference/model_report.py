@@ -258,8 +258,8 @@ def model_info(path, runtime_name: str = "auto") -> dict:
         raise ModelError(f"cannot read model {path}: {exc.strerror or exc}") from exc
     runtime = select_runtime(runtime_name)
     plain = runtime.make_interpreter(path, num_threads=1, xnnpack=False)
-    metadata = tflite_meta.read_model_metadata(model_bytes)
-    report = layer_report(plain, tflite_meta.operator_activations(model_bytes))
+    metadata = tflite_meta.read_model_metadata(model_bytes, where=str(path))
+    report = layer_report(plain, tflite_meta.operator_activations(model_bytes, where=str(path)))
     coverage = xnnpack_coverage(runtime.make_interpreter(path, num_threads=1, xnnpack=True))
     outputs = plain.get_output_details()
     labels: dict = {"source": "", "count": 0, "first": "", "error": ""}
@@ -290,7 +290,7 @@ def model_info(path, runtime_name: str = "auto") -> dict:
                 for f in metadata.associated_files
             ],
         },
-        "min_runtime_version": tflite_meta.min_runtime_version(model_bytes),
+        "min_runtime_version": tflite_meta.min_runtime_version(model_bytes, where=str(path)),
         "runtime": {"name": runtime.name, "version": runtime.version},
         "inputs": _io(plain.get_input_details(), metadata.inputs if metadata else []),
         "outputs": _io(outputs, metadata.outputs if metadata else []),

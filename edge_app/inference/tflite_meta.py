@@ -212,6 +212,7 @@ def _guard(what: str):
 
     def wrap(func):
         def guarded(*args, **kwargs):
+            where = kwargs.get("where")  # a path or name the error names
             try:
                 return func(*args, **kwargs)
             except ModelError:
@@ -226,7 +227,8 @@ def _guard(what: str):
                 TypeError,
                 MemoryError,
             ) as exc:
-                raise ModelError(f"corrupt or truncated TFLite model ({what}: {exc})") from exc
+                at = f" {where}" if where else ""
+                raise ModelError(f"corrupt or truncated TFLite model{at} ({what}: {exc})") from exc
 
         guarded.__name__ = func.__name__
         guarded.__doc__ = func.__doc__
@@ -302,28 +304,34 @@ def parse_metadata(buf: bytes) -> ModelMetadata:
 
 
 @_guard("metadata")
-def read_model_metadata(model_bytes: bytes | bytearray | memoryview) -> ModelMetadata | None:
+def read_model_metadata(
+    model_bytes: bytes | bytearray | memoryview, where: str | None = None
+) -> ModelMetadata | None:
     """The TFLite Support metadata of a model, or None when it carries none."""
-    buf = tflite_model.read_metadata_entry(model_bytes, METADATA_BUFFER_NAME)
+    buf = tflite_model.read_metadata_entry(model_bytes, METADATA_BUFFER_NAME, where)
     return None if buf is None else parse_metadata(buf)
 
 
 @_guard("min_runtime_version")
-def min_runtime_version(model_bytes: bytes | bytearray | memoryview) -> str:
+def min_runtime_version(
+    model_bytes: bytes | bytearray | memoryview, where: str | None = None
+) -> str:
     """The converter's ``min_runtime_version`` entry ("" when absent)."""
-    buf = tflite_model.read_metadata_entry(model_bytes, MIN_RUNTIME_VERSION_NAME)
+    buf = tflite_model.read_metadata_entry(model_bytes, MIN_RUNTIME_VERSION_NAME, where)
     return "" if buf is None else buf.split(b"\0", 1)[0].decode("ascii", "replace")
 
 
 @_guard("operators")
-def operator_activations(model_bytes: bytes | bytearray | memoryview) -> list[str]:
+def operator_activations(
+    model_bytes: bytes | bytearray | memoryview, where: str | None = None
+) -> list[str]:
     """Fused activation of each operator of subgraph 0, in node order ("" for none).
 
     The interpreter's node indices equal these operator indices, so the list lines up
     with ``interpreter._get_ops_details()``.
     """
     s = tflite_model.schema()
-    model = tflite_model.root(model_bytes)
+    model = tflite_model.root(model_bytes, where)
     if not model.SubgraphsLength():
         return []
     graph = model.Subgraphs(0)

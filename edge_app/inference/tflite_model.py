@@ -71,8 +71,8 @@ def root(data: bytes | bytearray | memoryview, where: str | None = None):
     try:
         model = schema().Model.GetRootAs(data, 0)
         _check_buffers(model, len(data))
-    except ModelError:
-        raise
+    except ModelError as exc:
+        raise ModelError(f"corrupt or truncated TFLite model{_where(where)}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - generated code raises anything on garbage
         raise ModelError(f"corrupt or truncated TFLite model{_where(where)}: {exc}") from exc
     return model
@@ -85,7 +85,7 @@ def _check_buffers(model, size: int) -> None:
         table = model.Buffers(i)._tab
         field = table.Offset(4)  # Buffer.data
         if field and table.Vector(field) + table.VectorLen(field) > size:
-            raise ModelError("truncated TFLite model: a weight buffer lies past the end")
+            raise ModelError("a weight buffer lies past the end of the file (truncated)")
 
 
 def load(data: bytes | bytearray | memoryview, where: str | None = None):
@@ -184,16 +184,20 @@ def set_metadata_buffer(model, name: str, data: bytes | None) -> None:
     model.metadata = entries
 
 
-def read_metadata_entry(data: bytes | bytearray | memoryview, name: str) -> bytes | None:
+def read_metadata_entry(
+    data: bytes | bytearray | memoryview, name: str, where: str | None = None
+) -> bytes | None:
     """A ``Model.metadata`` buffer straight from the file's bytes (lazy, no object tree)."""
-    model = root(data)
+    model = root(data, where)
     for i in range(model.MetadataLength()):
         entry = model.Metadata(i)
         if _text(entry.Name()) != name:
             continue
         index = entry.Buffer()
         if not 0 <= index < model.BuffersLength():
-            raise ModelError(f"corrupt TFLite model: metadata {name!r} names buffer {index}")
+            raise ModelError(
+                f"corrupt TFLite model{_where(where)}: metadata {name!r} names buffer {index}"
+            )
         buffer = model.Buffers(index)
         if buffer.DataLength():
             return buffer.DataAsNumpy().tobytes()
@@ -201,7 +205,9 @@ def read_metadata_entry(data: bytes | bytearray | memoryview, name: str) -> byte
         if buffer.Offset() > 1:
             start, size = buffer.Offset(), buffer.Size()
             if start + size > len(data):
-                raise ModelError(f"corrupt TFLite model: metadata {name!r} lies past the end")
+                raise ModelError(
+                    f"corrupt TFLite model{_where(where)}: metadata {name!r} lies past the end"
+                )
             return bytes(data[start : start + size])
         return b""
     return None
