@@ -411,9 +411,7 @@ def test_progress_line_shows_bytes_rate_and_time_left():
     bar.finish()
     lines = out.getvalue().split("\r")[1:]
     assert [line.split(":")[0] for line in lines] == ["downloading x"] * 3
-    assert lines[-1].startswith("downloading x: 1000 B of 1000 B  100%") and lines[-1].endswith(
-        "\n"
-    )
+    assert lines[-1] == "downloading x: 1.0 kB of 1.0 kB  100%  500 B/s\x1b[K\n"
     quiet = io.StringIO()  # not a terminal: nothing drawn
     ByteProgress(quiet)(10, 100)
     assert quiet.getvalue() == ""
