@@ -61,6 +61,7 @@ def edge_app(*args) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_derived_default_scores_on_the_sample(derived_default, imagenet_sample):
     result = edge_app(
         "eval", imagenet_sample, "--truth", "filename", "--json", "-m", derived_default
