@@ -10,6 +10,8 @@ EDGE_APP_MODEL_MIRROR ?= $(if $(wildcard $(SHARED)/models/SHA256SUMS),$(SHARED)/
 export EDGE_APP_MODEL_MIRROR
 export EDGE_APP_SHARED ?= $(SHARED)
 SOURCE ?= auto
+# MODEL=path/to/model.tflite runs that file and skips fetching the default model.
+MODEL ?=
 PYTEST_ARGS ?=
 # -qq: errors only. A newcomer's `make run` shows no setuptools editable-install banner,
 # no pip version notice and no index warnings; a failed install still says why.
@@ -28,8 +30,8 @@ install: $(VENV)/.installed
 
 ## run: install, fetch the default model, and start live classification (SOURCE=device|file|URL)
 run: install
-	$(APP) models fetch
-	$(APP) run --source "$(SOURCE)"
+	$(if $(MODEL),,$(APP) models fetch)
+	$(APP) run --source "$(SOURCE)" $(if $(MODEL),--model "$(MODEL)")
 
 ## test: install (pip and apt test packages) and run the whole test suite
 test: install

@@ -221,6 +221,12 @@ SECTIONS = [
         "benchmarks.core_bench:bench_frame_cost",
         render_frame_cost,
     ),
+    (
+        "int8",
+        "Derived int8 models vs TensorFlow's int8 and uint8",
+        "benchmarks.int8_bench:run",
+        render_generic,
+    ),
     ("pipeline", "Live pipeline", "benchmarks.pipeline_bench:run", render_generic),
     (
         "folders",

@@ -31,6 +31,11 @@ def run(*args: str):
     return CliRunner().invoke(cli, list(args))
 
 
+def errors(result) -> list[str]:
+    """The error lines of a run (stderr also has a line per download or derivation step)."""
+    return [x for x in result.stderr.splitlines() if x.startswith("edge-app: error:")]
+
+
 def sha256sums(shared_models: Path) -> dict[str, str]:
     sums = {}
     for line in (shared_models / "SHA256SUMS").read_text().splitlines():
@@ -186,18 +191,32 @@ def test_list_shows_every_model_and_where_it_comes_from(store):
     assert result.exit_code == 0, result.output
     rows = {
         line.split()[1] if line.startswith("*") else line.split()[0]: line
-        for line in result.stdout.splitlines()[1:7]
+        for line in result.stdout.splitlines()[1:11]
     }
     assert set(rows) == {
         "mobilenet_v1_1.0_224_int8",
+        "mobilenet_v1_1.0_224_int8_tf",
         "mobilenet_v1_1.0_224_quant",
         "mobilenet_v1_1.0_224_float",
         "mobilenet_v1_0.75_192_quant",
         "mobilenet_v1_0.5_160_quant",
         "mobilenet_v1_0.25_128_quant",
+        "mobilenet_v1_0.75_192_int8",
+        "mobilenet_v1_0.5_160_int8",
+        "mobilenet_v1_0.25_128_int8",
     }
     assert rows[INT8].startswith("* ")
-    assert rows[INT8].rstrip().endswith("mirror only")
+    assert rows[INT8].rstrip().endswith("derived int8 from mobilenet_v1_1.0_224_quant")
+    assert rows[f"{INT8}_tf"].rstrip().endswith("mirror only")
+    assert (
+        rows["mobilenet_v1_1.0_224_quant"]
+        .rstrip()
+        .endswith(
+            "https://storage.googleapis.com/download.tensorflow.org/models/"
+            "mobilenet_v1_2018_08_02/mobilenet_v1_1.0_224_quant.tgz "
+            "(mobilenet_v1_1.0_224_quant.tflite)"
+        )
+    )
     assert "4.6 MB" in rows[INT8] and "224x224" in rows[INT8] and " no " in rows[INT8]
     assert (
         "https://github.com/google-coral/test_data/raw/master/mobilenet_v1_0.5_160_quant.tflite"
@@ -219,25 +238,41 @@ def test_list_json_tracks_presence(store):
 # --------------------------------------------------------------------------- fetch
 
 
-def test_fetch_default_from_mirror_verifies_checksum(store, shared_models):
+def test_fetch_default_from_mirror_derives_it(store, shared_models):
+    """The shared folder holds the TensorFlow-made int8 under the default's file name:
+    that is another model (mobilenet_v1_1.0_224_int8_tf), so the default is derived from
+    the mirror's uint8 model instead, to the bytes the manifest pins."""
     result = run("models", "fetch")
     assert result.exit_code == 0, result.output
     dest = store / f"{INT8}.tflite"
     assert result.stdout.strip() == f"{INT8}: fetched: {dest}"
+    assert f"deriving {INT8} from mobilenet_v1_1.0_224_quant" in result.stderr
     digest = hashlib.sha256(dest.read_bytes()).hexdigest()
-    assert digest == sha256sums(shared_models)[dest.name]
+    assert digest == model_store.load_manifest()[INT8].sha256
+    assert digest != sha256sums(shared_models)[dest.name]
     again = run("models", "fetch", INT8)
     assert again.stdout.strip() == f"{INT8}: already present: {dest}"
-    assert sorted(p.name for p in store.iterdir()) == [dest.name]  # no temp files left
+    # the uint8 source stays beside it; no temp files or sidecars left
+    assert sorted(p.name for p in store.iterdir()) == [
+        dest.name,
+        "mobilenet_v1_1.0_224_quant.tflite",
+    ]
+
+
+def test_fetch_tf_made_int8_from_mirror_under_its_own_name(store, shared_models):
+    result = run("models", "fetch", f"{INT8}_tf")
+    assert result.exit_code == 0, result.output
+    dest = store / f"{INT8}_tf.tflite"
+    assert model_store.sha256_of(dest) == sha256sums(shared_models)[f"{INT8}.tflite"]
 
 
 def test_fetch_all_from_mirror(store, shared_models):
     result = run("models", "fetch", "--all")
     assert result.exit_code == 0, result.output
-    sums = sha256sums(shared_models)
-    assert sorted(p.name for p in store.iterdir()) == sorted(sums)
-    for name, digest in sums.items():
-        assert hashlib.sha256((store / name).read_bytes()).hexdigest() == digest
+    manifest = model_store.load_manifest()
+    assert sorted(p.name for p in store.iterdir()) == sorted(e.file for e in manifest.values())
+    for entry in manifest.values():
+        assert model_store.sha256_of(store / entry.file) == entry.sha256, entry.name
 
 
 def test_fetch_force_replaces_a_damaged_copy(store):
@@ -264,23 +299,60 @@ def test_corrupted_mirror_file_is_refused(store, tmp_path, monkeypatch, shared_m
     assert not store.exists() or list(store.iterdir()) == []
 
 
-def test_offline_without_mirror_explains_what_to_do(offline_store):
+def test_offline_without_mirror_explains_what_to_do(offline_store, monkeypatch):
+    port = _closed_port()
+    monkeypatch.setenv("EDGE_APP_MODEL_BASE_URL", f"http://127.0.0.1:{port}")
     result = run("models", "fetch")
     assert result.exit_code == 2
-    assert result.stderr.strip() == (
-        f"edge-app: error: no official download exists for {INT8}; {HOW_TO}"
+    archive = (
+        f"http://127.0.0.1:{port}/download.tensorflow.org/models/mobilenet_v1_2018_08_02/"
+        "mobilenet_v1_1.0_224_quant.tgz"
     )
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("edge-app: error:")]
+    assert line.startswith(
+        f"edge-app: error: cannot get {INT8} (derived from mobilenet_v1_1.0_224_quant): "
+        f"tried mirror folder (EDGE_APP_MODEL_MIRROR not set); {archive} ("
+    )
+    assert line.endswith(HOW_TO)
+    assert list(offline_store.iterdir()) == []
     with pytest.raises(FetchError):
         model_store.fetch(INT8)
 
 
-def test_fetch_all_reports_each_failure_and_exits_2(offline_store, monkeypatch, tmp_path):
-    monkeypatch.setenv("EDGE_APP_MODEL_MANIFEST", str(_local_manifest(tmp_path, _closed_port())))
+def test_make_run_offline_says_what_it_tried_and_exits_2(tmp_path):
+    """`make run` on a fresh device with no network and no mirror: one error line."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_APP_")}
+    env.update(
+        EDGE_APP_MODELS_DIR=str(tmp_path / "models"),
+        EDGE_APP_MODEL_BASE_URL=f"http://127.0.0.1:{_closed_port()}",
+        SHARED=str(tmp_path / "no-shared"),
+    )
+    done = subprocess.run(
+        ["make", "-s", "run", "SOURCE=file"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    errors = [x for x in done.stderr.splitlines() if x.startswith("edge-app: error:")]
+    assert len(errors) == 1, done.stderr
+    assert "tried mirror folder (EDGE_APP_MODEL_MIRROR not set)" in errors[0]
+    assert errors[0].endswith(HOW_TO)
+
+
+def test_fetch_all_reports_each_failure_and_exits_2(offline_store, monkeypatch):
+    monkeypatch.setenv("EDGE_APP_MODEL_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
     result = run("models", "fetch", "--all")
     assert result.exit_code == 2
-    lines = result.stderr.splitlines()
-    assert len(lines) == 7  # every entry, one line each
-    assert all(line.startswith("edge-app: error: ") and line.endswith(HOW_TO) for line in lines)
+    lines = [x for x in result.stderr.splitlines() if x.startswith("edge-app: error: ")]
+    assert len(lines) == len(model_store.load_manifest())  # every entry, one line each
+    assert all(line.endswith(HOW_TO) for line in lines)
 
 
 def test_fetch_names_and_all_conflict(store):
@@ -361,7 +433,7 @@ def test_download_with_wrong_contents_is_not_kept(
     monkeypatch.setenv("EDGE_APP_MODEL_MANIFEST", str(_local_manifest(tmp_path, port)))
     result = run("models", "fetch", name)
     assert result.exit_code == 2
-    [line] = result.stderr.splitlines()
+    [line] = errors(result)
     assert f"checksum mismatch for {name} from http://127.0.0.1:{port}/" in line
     assert list(offline_store.iterdir()) == []
 
@@ -370,7 +442,7 @@ def test_unreachable_download_explains_what_to_do(offline_store, monkeypatch, tm
     monkeypatch.setenv("EDGE_APP_MODEL_MANIFEST", str(_local_manifest(tmp_path, _closed_port())))
     result = run("models", "fetch", "mobilenet_v1_0.25_128_quant")
     assert result.exit_code == 2
-    [line] = result.stderr.splitlines()
+    [line] = errors(result)
     assert line.startswith("edge-app: error: cannot download mobilenet_v1_0.25_128_quant from ")
     assert line.endswith(HOW_TO)
 
@@ -381,10 +453,21 @@ def test_unreachable_download_explains_what_to_do(offline_store, monkeypatch, tm
 def test_manifest_matches_the_shared_models(shared_models):
     manifest = model_store.load_manifest()
     sums = sha256sums(shared_models)
-    assert {entry.file for entry in manifest.values()} == set(sums)
-    for entry in manifest.values():
-        assert entry.sha256 == sums[entry.file]
-        assert entry.size == (shared_models / entry.file).stat().st_size
+    held = {e.mirror_file or e.file: e for e in manifest.values() if not e.derive}
+    assert set(held) == set(sums)
+    for file_name, entry in held.items():
+        assert entry.sha256 == sums[file_name]
+        assert entry.size == (shared_models / file_name).stat().st_size
+    derived = [e for e in manifest.values() if e.derive]
+    assert sorted(e.name for e in derived) == [
+        "mobilenet_v1_0.25_128_int8",
+        "mobilenet_v1_0.5_160_int8",
+        "mobilenet_v1_0.75_192_int8",
+        INT8,
+    ]
+    for entry in derived:
+        assert manifest[entry.source].dtype == "uint8"
+        assert entry.sha256 not in sums.values()
     assert model_store.DEFAULT_MODEL_NAME == INT8
     import tomllib
 

@@ -1,4 +1,5 @@
-"""The dependency-free reader of TFLite metadata, on the real shared models."""
+"""The TFLite metadata reader (generated schema + flatbuffers runtime), on the real shared
+models."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`edge-app models list | info | fetch`: the known models, what one costs, getting them."""
+"""`edge-app models list | info | fetch | convert-int8`: the known models, what one costs,
+getting them, and making a full-int8 model from a uint8 one."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ def models() -> None:
     A model is named as in `edge-app models list` or given as a .tflite path.
     Files live in $EDGE_APP_MODELS_DIR, else the checkout's models/ folder, else
     ~/.cache/edge-app/models. Fetching copies from the folder in
-    $EDGE_APP_MODEL_MIRROR when set, else downloads the official file, and keeps it
-    only if its sha256 matches the manifest.
+    $EDGE_APP_MODEL_MIRROR when set, else downloads the official file or archive
+    (checked against its sha256); int8 models are derived on this device from their
+    uint8 source.
     """
 
 
@@ -31,6 +33,7 @@ def list_models(as_json: bool) -> None:
 
     The default model is marked with *. "mirror only" means no official download of
     exactly that file exists: fetch it from a mirror folder (EDGE_APP_MODEL_MIRROR).
+    "derived int8 from NAME" is made on this device from the uint8 model NAME.
     """
     from edge_app.inference.model_store import (
         MIRROR_ENV,
@@ -51,6 +54,11 @@ def list_models(as_json: bool) -> None:
                 "present": e.present,
                 "path": str(e.path),
                 "url": e.url,
+                "archive_url": e.archive_url,
+                "archive_sha256": e.archive_sha256,
+                "member": e.member,
+                "derived_from": e.source if e.derive else "",
+                "source": e.official,
                 "sha256": e.sha256,
                 "description": e.description,
             }
@@ -66,7 +74,7 @@ def list_models(as_json: bool) -> None:
         shape = f"{e.input_size[0]}x{e.input_size[1]}" if e.input_size else "?"
         click.echo(
             f"{mark} {e.name:<{width}}{size:>8}  {shape:<9}{e.dtype:<9}"
-            f"{'yes' if e.present else 'no':<6}{e.url or 'mirror only'}"
+            f"{'yes' if e.present else 'no':<6}{e.official}"
         )
     mirror = os.environ.get(MIRROR_ENV)
     click.echo(f"\nmodels folder: {models_dir()}")
@@ -188,45 +196,145 @@ def _floats(values: list[float]) -> str:
     return text[0] if len(set(text)) == 1 else "[" + ", ".join(text) + "]"
 
 
-@models.command("fetch", short_help="Fetch models (mirror or URL), checking sha256.")
+@models.command("fetch", short_help="Fetch models (mirror, download or derived), verified.")
 @click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("--all", "fetch_all", is_flag=True, help="Fetch every model and the labels file.")
 @click.option("--force", is_flag=True, help="Fetch again even if a good copy is present.")
 @click.pass_context
 def fetch_command(ctx: click.Context, names: tuple[str, ...], fetch_all: bool, force: bool):
-    """Put models into the models folder, checking each file's sha256.
+    """Put models into the models folder, verified.
 
     \b
     Default: the default model (mobilenet_v1_1.0_224_int8). Sources, in order:
-      1. the folder in EDGE_APP_MODEL_MIRROR (a copy), e.g.
+      1. the folder in EDGE_APP_MODEL_MIRROR: the file itself, or what it is made
+         from (the official .tgz archive, or the uint8 model), e.g.
          EDGE_APP_MODEL_MIRROR=/media/usb/models edge-app models fetch --all
-      2. the official download URL, where one exists (`edge-app models list`).
+      2. int8 models: derived here from their uint8 source, then self-checked;
+      3. the official download (`edge-app models list`); a partial download is
+         resumed. EDGE_APP_MODEL_BASE_URL=http://cache.lan:8080 fetches the same
+         paths from a LAN cache instead; HTTPS_PROXY / HTTP_PROXY are honoured.
     A file whose checksum does not match is not kept.
     """
+    from edge_app.cli.progress import ByteProgress
     from edge_app.inference.model_store import fetch, load_manifest
 
     if fetch_all and names:
         raise click.UsageError("give model names or --all, not both")
-    if fetch_all:
-        names = tuple(load_manifest())
-    names = names or (DEFAULT_MODEL,)
     manifest = load_manifest()
+    if fetch_all:
+        names = tuple(manifest)
+    names = names or (DEFAULT_MODEL,)
+    bar = ByteProgress()
+
+    def step(text: str) -> None:
+        bar.finish()
+        click.echo(f"edge-app: {text}", err=True)
+        bar.start(text.split(" from ")[0])
+
     failures = 0
     for name in names:
         entry = manifest.get(name)
         before = _stamp(entry.path) if entry else None
         try:
-            path = fetch(name, force=force)
+            path = fetch(name, force=force, on_progress=bar, on_step=step)
         except EdgeAppError as exc:
+            bar.finish()
             if len(names) == 1:
                 raise
             click.echo(f"edge-app: error: {exc.message}", err=True)
             failures += 1
             continue
+        finally:
+            bar.finish()
         state = "already present" if before and before == _stamp(path) else "fetched"
         click.echo(f"{name}: {state}: {path}")
     if failures:
         ctx.exit(EXIT_USAGE)
+
+
+@models.command("convert-int8", short_help="Make a full-int8 model from a uint8 one.")
+@click.argument("source", metavar="IN.tflite", type=click.Path(dir_okay=False))
+@click.argument("dest", metavar="OUT.tflite", type=click.Path(dir_okay=False))
+@click.option(
+    "--labels",
+    type=click.Path(dir_okay=False),
+    help="Labels file to embed (default: the labels IN.tflite embeds, if any).",
+)
+@click.option("--force", is_flag=True, help="Replace OUT.tflite if it exists.")
+def convert_int8(source: str, dest: str, labels: str | None, force: bool) -> None:
+    """Convert a uint8 quantized classifier into a full-int8 one, exactly.
+
+    \b
+    For uint8 quantization-aware-trained models (MobileNet V1 quant and the like): the
+    activations keep their learned ranges (zero point - 128), weights become symmetric
+    int8 per output channel, biases are rescaled. No TensorFlow, no calibration data.
+    The result carries TFLite metadata and the labels zip, and is checked against
+    IN.tflite on fixed test images; a model with operators or types that cannot be
+    converted exactly is refused, saying why.
+
+    \b
+    Example:
+      edge-app models convert-int8 my_quant.tflite my_int8.tflite --labels labels.txt
+    """
+    from pathlib import Path
+
+    from edge_app.errors import ConfigError, ModelError
+    from edge_app.inference import int8_convert
+
+    src, out = Path(source), Path(dest)
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; pass --force to replace it")
+    try:
+        data = src.read_bytes()
+    except FileNotFoundError as exc:
+        raise ModelError(f"model file not found: {src}") from exc
+    except OSError as exc:
+        raise ModelError(f"cannot read model {src}: {exc.strerror or exc}") from exc
+    label_bytes = None
+    if labels:
+        try:
+            label_bytes = Path(labels).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read labels {labels}: {exc.strerror or exc}") from exc
+    conversion = int8_convert.convert(
+        data,
+        labels=label_bytes,
+        labels_name=Path(labels).name if labels else "",
+        where=str(src),
+    )
+    check = int8_convert.self_check(data, conversion.model)
+    if not check.passed:
+        raise ModelError(
+            f"the int8 model made from {src} disagrees with it ({check.describe()}); "
+            "nothing was written"
+        )
+    _write_atomically(out, conversion.model)
+    embedded = conversion.labels_name or "no labels (pass --labels FILE)"
+    click.echo(
+        f"{out}: int8, {conversion.weighted_ops} weighted layers requantized, "
+        f"embeds {embedded}; self-check: {check.describe()}"
+    )
+
+
+def _write_atomically(path, data: bytes) -> None:
+    import tempfile
+
+    from edge_app.errors import ConfigError
+
+    folder = path.parent if str(path.parent) else None
+    try:
+        with tempfile.NamedTemporaryFile(
+            dir=folder, prefix=f".{path.name}.", suffix=".part", delete=False
+        ) as handle:
+            handle.write(data)
+        os.chmod(handle.name, 0o644)
+        os.replace(handle.name, path)
+    except OSError as exc:
+        try:
+            os.unlink(handle.name)
+        except (OSError, UnboundLocalError):
+            pass
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def _stamp(path) -> tuple[int, int] | None:

@@ -239,3 +239,42 @@ class Progress:
 
 def _singular(unit: str) -> str:
     return unit[:-1] if unit.endswith("s") and unit != "bytes" else unit
+
+
+class ByteProgress:
+    """The model store's ``on_progress(done, total)`` callback, drawn as a bytes-mode
+    :class:`Progress`: ``start(label)`` begins a transfer (a download, a resumed one),
+    ``finish()`` ends its line. Bytes already on disk when a resumed download starts
+    count in the total, not in the rate."""
+
+    def __init__(self, stream: TextIO | None = None, *, force: bool = False, clock=time.monotonic):
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = True if force else progress_wanted(self.stream)
+        self.clock = clock
+        self.label = ""
+        self._bar: Progress | None = None
+
+    def start(self, label: str) -> None:
+        self.finish()
+        self.label = label
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            self._bar = Progress(
+                total or None,
+                "bytes",
+                label=f"{self.label}:" if self.label else "",
+                stream=self.stream,
+                enabled=True,
+                clock=self.clock,
+            )
+            self._bar.done = done  # the part already there: not this run's rate
+            self._bar.rate.update(done, self.clock())
+        self._bar.advance(done - self._bar.done)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -67,7 +67,10 @@ class Classifier:
         self.xnnpack = xnnpack
         model_bytes = read_model_file(self.model_path)
         self.interpreter = self.runtime.make_interpreter(
-            model_content=model_bytes, num_threads=self.threads, xnnpack=xnnpack
+            model_content=model_bytes,
+            num_threads=self.threads,
+            xnnpack=xnnpack,
+            name=self.model_path,
         )
         self.spec: ModelSpec = inspect_interpreter(self.interpreter, self.model_path, model_bytes)
         self.labels, self.labels_source = load_labels(

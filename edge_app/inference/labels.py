@@ -12,6 +12,9 @@ from pathlib import Path
 from edge_app.errors import LabelsError, ModelError, os_reason, translate
 from edge_app.inference.tflite_meta import embedded_files
 
+# The 1,001 ImageNet labels (line 0 "background") shipped with the package.
+PACKAGED_IMAGENET_LABELS = Path(__file__).resolve().parent.parent / "data" / "imagenet_labels.txt"
+IMAGENET_OUTPUTS = 1001
 _ID_LINE = re.compile(r"^\s*(\d+)\s*(?::|\s)\s*(.+?)\s*$")
 BACKGROUND = "background"
 
@@ -114,6 +117,9 @@ def load_labels(
             return fit_labels(
                 read_label_file(candidate), num_outputs, str(candidate)
             ), f"sidecar: {candidate}"
+    if num_outputs == IMAGENET_OUTPUTS and PACKAGED_IMAGENET_LABELS.is_file():
+        # An ImageNet classifier without metadata (the official archives' files).
+        return read_label_file(PACKAGED_IMAGENET_LABELS), "packaged: imagenet_labels.txt"
     raise LabelsError(
         f"no labels for {model_path}: the model has no embedded labels and no sidecar file "
         f"({model_path.with_suffix('.txt').name} or labels.txt) was found; pass --labels FILE"

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from edge_app.errors import LabelsError, ModelError
-from edge_app.inference import tflite_meta
 from edge_app.inference.labels import load_labels
 from edge_app.inference.model import read_model_file
 from edge_app.inference.runtime import select_runtime
@@ -249,12 +248,16 @@ def _io(details: list[dict], described: list) -> list[dict]:
 
 def model_info(path, runtime_name: str = "auto") -> dict:
     """Everything ``edge-app models info`` shows, as plain JSON-ready data."""
+    # Here, not at the top: the generated schema it reads with costs ~0.2 s to import,
+    # and run/serve import this module for xnnpack_coverage at start-up.
+    from edge_app.inference import tflite_meta
+
     path = Path(path)
     model_bytes = read_model_file(path)
     runtime = select_runtime(runtime_name)
     plain = runtime.make_interpreter(path, num_threads=1, xnnpack=False)
-    metadata = tflite_meta.read_model_metadata(model_bytes)
-    report = layer_report(plain, tflite_meta.operator_activations(model_bytes))
+    metadata = tflite_meta.read_model_metadata(model_bytes, where=str(path))
+    report = layer_report(plain, tflite_meta.operator_activations(model_bytes, where=str(path)))
     coverage = xnnpack_coverage(runtime.make_interpreter(path, num_threads=1, xnnpack=True))
     outputs = plain.get_output_details()
     labels: dict = {"source": "", "count": 0, "first": "", "error": ""}
@@ -285,7 +288,7 @@ def model_info(path, runtime_name: str = "auto") -> dict:
                 for f in metadata.associated_files
             ],
         },
-        "min_runtime_version": tflite_meta.min_runtime_version(model_bytes),
+        "min_runtime_version": tflite_meta.min_runtime_version(model_bytes, where=str(path)),
         "runtime": {"name": runtime.name, "version": runtime.version},
         "inputs": _io(plain.get_input_details(), metadata.inputs if metadata else []),
         "outputs": _io(outputs, metadata.outputs if metadata else []),

@@ -51,6 +51,7 @@ class Runtime:
         model_content: bytes | None = None,
         num_threads: int | None = None,
         xnnpack: bool = True,
+        name: str | os.PathLike | None = None,
     ):
         """A ready (tensors allocated) interpreter.
 
@@ -63,7 +64,8 @@ class Runtime:
             kwargs["experimental_op_resolver_type"] = (
                 self.module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
             )
-        where = str(model_path) if model_path is not None else "<model bytes>"
+        # Errors name the file: ``name`` says where ``model_content`` came from.
+        where = str(model_path if model_path is not None else name or "the model in memory")
         if model_path is not None:
             model_content = read_model_file(Path(model_path))
         if not model_content or len(model_content) < 8 or model_content[4:8] != b"TFL3":
