@@ -25,6 +25,7 @@ COMMANDS = {
     "run": "edge_app.cli.run_cmd:run",
     "serve": "edge_app.cli.serve_cmd:serve",
     "config": "edge_app.cli.config_cmd:config",
+    "learn": "edge_app.cli.learn_cmd:learn",
 }
 
 
