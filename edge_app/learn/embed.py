@@ -81,11 +81,14 @@ class Embedder:
         runtime="auto",
         threads=None,
         crop="central",
+        xnnpack: bool = True,
         store: bool = True,
     ):
         from edge_app.inference.classifier import Classifier
 
-        self.classifier = Classifier(model, runtime=runtime, threads=threads, crop=crop)
+        # The base classifier gives spec, labels and preprocessing; built without
+        # XNNPACK, its own interpreter costs no weight packing and is replaced at once.
+        self.classifier = Classifier(model, runtime=runtime, threads=1, crop=crop, xnnpack=False)
         base_bytes = self.classifier.model_path.read_bytes()
         if store:  # made once, kept in the models folder
             self.embedding_path = embedding_model_path(self.classifier.model_path, base_bytes)
@@ -93,10 +96,14 @@ class Embedder:
         else:  # e.g. a learned model's body: derived in memory (~0.1 s), nothing stored
             self.embedding_path = None
             derived = with_embedding_output(base_bytes)
+        from edge_app.inference.runtime import default_threads
+
+        self.classifier.threads = threads or default_threads()
+        self.classifier.xnnpack = xnnpack
         interpreter = self.classifier.runtime.make_interpreter(
             model_content=derived,
             num_threads=self.classifier.threads,
-            xnnpack=self.classifier.xnnpack,
+            xnnpack=xnnpack,
         )
         outputs = interpreter.get_output_details()
         if len(outputs) != 2:

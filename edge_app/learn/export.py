@@ -92,7 +92,7 @@ class LearnState:
 
 
 def build_model(
-    body_bytes: bytes,
+    body,
     class_names: list[str],
     head: LinearHead,
     *,
@@ -104,7 +104,8 @@ def build_model(
     mean: list[float],
     std: list[float],
 ) -> bytes:
-    """The custom classifier's bytes (``body_bytes``: any model with the base's body)."""
+    """The custom classifier's bytes. ``body``: the ``ModelT`` of any model with the
+    base's body (the base itself or a learned model); it is changed in place."""
     weights, bias = head.weights, head.bias
     labels = list(class_names)
     if base is not None:
@@ -124,7 +125,7 @@ def build_model(
             float(min(logits.min(), 0.0)) * LOGIT_HEADROOM,
             float(max(logits.max(), 0.0)) * LOGIT_HEADROOM,
         )
-    model = surgery.replace_head(body_bytes, weights, bias, logit_range)
+    surgery.replace_head(body, weights, bias, logit_range)
     metadata = surgery.classifier_metadata(
         name="ImageClassifier",
         description="Custom classes learned on the device by edge-app learn: "
@@ -139,4 +140,4 @@ def build_model(
         LABELS_FILE: ("\n".join(labels) + "\n").encode("utf-8"),
         STATE_FILE: state.to_bytes(),
     }
-    return surgery.with_metadata(model, metadata, files)
+    return surgery.with_metadata(body, metadata, files)

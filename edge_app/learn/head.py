@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 IMPRINT_SCALE = 5.0
-STEPS = 300
+STEPS = 150
 LEARNING_RATE = 2.0
-MOMENTUM = 0.8
+MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-3
 # Share of genuine (cross-validated, correctly classified) photos the unknown threshold
 # turns away. The top logit separates photos of the taught classes from unrelated ones
@@ -88,17 +88,17 @@ def fit_head(
     progress: Callable[[int], None] | None = None,
 ) -> LinearHead:
     """Train the new classes' head on ``features`` [n, d] with ``labels`` in 0..classes-1."""
-    features = np.asarray(features, np.float64)
+    features = np.asarray(features, np.float32)
     scale = float(np.linalg.norm(features, axis=1).mean()) or 1.0
-    x = features / scale
-    w = imprint(x, labels, classes) * IMPRINT_SCALE
-    b = np.zeros(classes)
+    x = features / np.float32(scale)
+    w = (imprint(x, labels, classes) * IMPRINT_SCALE).astype(np.float32)
+    b = np.zeros(classes, np.float32)
     if base is not None:
         if progress is not None:
             progress(steps)
         return mixture_head(features, labels, classes, base)
     fixed = None
-    onehot = np.eye(classes)[labels]
+    onehot = np.eye(classes, dtype=np.float32)[labels]
     n = len(x)
     vw, vb = np.zeros_like(w), np.zeros_like(b)
     for step in range(steps):

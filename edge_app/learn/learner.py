@@ -137,9 +137,45 @@ def learn(
     progress: Progress = _no_progress,
     on_problem: Callable[[Problem], None] | None = None,
 ) -> LearnReport:
+    from threadpoolctl import threadpool_limits
+
+    # The head's matrices are small: one BLAS thread is the fastest, and leaves the
+    # other cores to inference (a service trains beside its live pipeline).
+    with threadpool_limits(limits=1):
+        return _learn(
+            root,
+            output,
+            model=model,
+            from_model=from_model,
+            keep_imagenet=keep_imagenet,
+            unknown=unknown,
+            augment=augment,
+            workers=workers,
+            runtime=runtime,
+            crop=crop,
+            progress=progress,
+            on_problem=on_problem,
+        )
+
+
+def _learn(
+    root,
+    output,
+    *,
+    model,
+    from_model,
+    keep_imagenet,
+    unknown,
+    augment,
+    workers,
+    runtime,
+    crop,
+    progress,
+    on_problem,
+) -> LearnReport:
     from edge_app.batch.workers import plan_workers
     from edge_app.inference.classifier import resolve_model_path
-    from edge_app.learn.embed import Embedder, embed_files
+    from edge_app.learn.embed import Embedder, embed_files, embedding_model_path
 
     start = time.perf_counter()
     root = Path(root)
@@ -159,7 +195,8 @@ def learn(
         body_path = resolve_model_path(model)
         body_bytes = _read_model(body_path)
     unknown = bool(unknown)
-    find_head(read_model(body_bytes))  # a clear refusal before any photo is decoded
+    body = read_model(body_bytes)
+    find_head(body)  # a clear refusal before any photo is decoded
 
     class_names = list(old.class_names) if old else []
     class_names += [c for c in scan.classes if c not in class_names]
@@ -181,10 +218,13 @@ def learn(
     }
     if from_model is not None:
         embedder_kwargs["store"] = False  # a custom model's body: derive in memory
-    # Made here once (and stored) before workers fork, so they only read it.
-    embedder = Embedder(**dict(embedder_kwargs, threads=1 if workers > 1 else threads))
+    if workers > 1:
+        embedder = None
+        if from_model is None:  # made (and stored) once here, before the workers fork
+            embedding_model_path(Path(body_path), body_bytes)
+    else:
+        embedder = Embedder(**embedder_kwargs)
     mean, std = _normalization(body_bytes)
-    base_labels = embedder.classifier.labels
 
     rows, labels, keys, original = [], [], [], []
     new_ok = 0
@@ -194,7 +234,7 @@ def learn(
             embedder_kwargs,
             workers,
             variants,
-            embedder=embedder if workers <= 1 else None,
+            embedder=embedder,
         )
         for (path, class_name, key), result in zip(todo, results, strict=True):
             advance(1)
@@ -249,10 +289,10 @@ def learn(
     base = None
     base_classes = 0
     if keep_imagenet:
-        weights, bias = head_parameters(body_bytes)
+        weights, bias = head_parameters(body)
         base_classes = old.base_classes if old else len(bias)
         base = heads.BaseHead(weights[:base_classes], bias[:base_classes])
-        base_labels = base_labels[:base_classes]
+        base_labels = _model_labels(Path(body_path), body_bytes, len(bias))[:base_classes]
 
     photo_ids = np.unique(keys, return_inverse=True)[1]
     classes = len(class_names)
@@ -290,7 +330,7 @@ def learn(
         base_classes=base_classes,
     )
     model_bytes = build_model(
-        body_bytes,
+        body,
         class_names,
         head,
         base=base,
@@ -329,6 +369,12 @@ def _read_model(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise ModelError(f"cannot read model {path}: {exc.strerror or exc}") from exc
+
+
+def _model_labels(path: Path, model_bytes: bytes, outputs: int) -> list[str]:
+    from edge_app.inference.labels import load_labels
+
+    return load_labels(path, model_bytes, outputs)[0]
 
 
 def _normalization(model_bytes: bytes) -> tuple[list[float], list[float]]:

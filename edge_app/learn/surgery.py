@@ -271,9 +271,8 @@ def _new_buffer(model, array: np.ndarray) -> int:
     return len(model.buffers) - 1
 
 
-def head_parameters(model_bytes: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """The base head as float: weights [classes, features] and bias [classes]."""
-    model = read_model(model_bytes)
+def head_parameters(model) -> tuple[np.ndarray, np.ndarray]:
+    """The head of a ``ModelT`` as float: weights [classes, features], bias [classes]."""
     head = find_head(model)
     graph = model.subgraphs[0]
     return _dequantized(model, graph.tensors[head.weights], 2), _dequantized(
@@ -300,15 +299,14 @@ def _dequantized(model, tensor, rank: int) -> np.ndarray:
 
 
 def replace_head(
-    model_bytes: bytes,
+    model,
     weights: np.ndarray,
     bias: np.ndarray,
     logit_range: tuple[float, float] | None = None,
-) -> bytes:
-    """The model with a new head of ``len(bias)`` classes (float weights, quantised here
-    like the base head). ``logit_range`` sets the head output's quantisation (quantised
-    models); None keeps the base's. Metadata and appended files are not carried over."""
-    model = read_model(model_bytes)
+) -> None:
+    """Give the ``ModelT`` a new head of ``len(bias)`` classes (float weights, quantised
+    here like the base head). ``logit_range`` sets the head output's quantisation
+    (quantised models); None keeps the base's."""
     head = find_head(model)
     graph = model.subgraphs[0]
     classes, features = weights.shape
@@ -352,7 +350,6 @@ def replace_head(
     w_tensor.shape = np.array(w_shape, np.int32)
     b_tensor.shape = np.array([classes], np.int32)
     _resize_last_dim(model, head, old_classes, classes)
-    return pack_model(model)
 
 
 def _resize_last_dim(model, head: Head, old: int, new: int) -> None:
@@ -514,8 +511,8 @@ def classifier_metadata(
     return bytes(b.Output())
 
 
-def with_metadata(model_bytes: bytes, metadata: bytes, files: dict[str, bytes]) -> bytes:
-    """The model with ``metadata`` in its TFLITE_METADATA buffer and ``files`` appended."""
-    model = read_model(model_bytes)
+def with_metadata(model, metadata: bytes, files: dict[str, bytes]) -> bytes:
+    """The ``ModelT``'s bytes with ``metadata`` in its TFLITE_METADATA buffer and
+    ``files`` in a zip appended."""
     set_metadata_buffer(model, METADATA_BUFFER_NAME, metadata)
     return append_zip(pack_model(model), files)
