@@ -54,6 +54,11 @@ from edge_app.inference.runtime import RUNTIME_CHOICES
     help="Also learn mirrored photos. Default: when there are at most 64 new photos.",
 )
 @click.option("-w", "--workers", type=click.IntRange(min=1), help="Worker processes.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Interpreter threads per worker (default: cores / workers).",
+)
 @click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True)
 @click.option("--crop", type=click.Choice(CROP_CHOICES), default="central", show_default=True)
 @click.option(
@@ -70,6 +75,7 @@ def learn(
     unknown,
     augment,
     workers,
+    threads,
     runtime,
     crop,
     progress,
@@ -115,6 +121,7 @@ def learn(
         unknown=unknown,
         augment=augment,
         workers=workers,
+        threads=threads,
         runtime=runtime,
         crop=crop,
         progress=bar,

@@ -132,6 +132,7 @@ def learn(
     unknown: bool | None = None,
     augment: bool | None = None,
     workers: int | None = None,
+    threads: int | None = None,
     runtime: str = "auto",
     crop: str = "central",
     progress: Progress = _no_progress,
@@ -151,6 +152,7 @@ def learn(
             unknown=unknown,
             augment=augment,
             workers=workers,
+            threads=threads,
             runtime=runtime,
             crop=crop,
             progress=progress,
@@ -168,6 +170,7 @@ def _learn(
     unknown,
     augment,
     workers,
+    threads,
     runtime,
     crop,
     progress,
@@ -209,7 +212,7 @@ def _learn(
     augment = len(todo) <= AUGMENT_UP_TO if augment is None else augment
     variants = ("original", "flip") if augment else ("original",)
 
-    workers, threads = plan_workers(workers, None)
+    workers, threads = plan_workers(workers, threads)
     embedder_kwargs = {
         "model": str(body_path),
         "runtime": runtime,
