@@ -33,12 +33,14 @@ GROUPS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def scratch_models_dir(tmp_path_factory, monkeypatch):
-    """Embedding models go to a scratch models folder, never beside the shared ones."""
-    folder = tmp_path_factory.getbasetemp() / "models"
-    monkeypatch.setenv("EDGE_APP_MODELS_DIR", str(folder))
-    return folder
+@pytest.fixture(scope="module", autouse=True)
+def scratch_models_dir(tmp_path_factory):
+    """Embedding models go to a scratch models folder (this module only), never beside
+    the shared ones nor into the checkout."""
+    folder = tmp_path_factory.getbasetemp() / "learn-models"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGE_APP_MODELS_DIR", str(folder))
+        yield folder
 
 
 def edge_app(*args: str, timeout: float = 300):
@@ -122,9 +124,8 @@ def test_embedding_model_is_made_once_in_the_models_folder(int8_model, scratch_m
 
 
 @pytest.fixture(scope="module")
-def groups_model(tmp_path_factory, imagenet_sample, int8_model):
+def groups_model(tmp_path_factory, imagenet_sample, int8_model, scratch_models_dir):
     root = tmp_path_factory.mktemp("groups")
-    os.environ.setdefault("EDGE_APP_MODELS_DIR", str(tmp_path_factory.getbasetemp() / "models"))
     held_out = group_folders(imagenet_sample, root / "train", per_class=10)
     out = root / "groups.tflite"
     proc = edge_app("learn", str(root / "train"), "-o", str(out), "--model", str(int8_model))
