@@ -29,8 +29,12 @@ def service(tmp_path_factory, demo_video, int8_model):
     proc.stop()
 
 
-def post(service, path: str, token: str | None = TOKEN) -> tuple[int, dict | str]:
+def post(
+    service, path: str, token: str | None = TOKEN, header: bool = True
+) -> tuple[int, dict | str]:
     request = urllib.request.Request(service.url(path), method="POST", data=b"")
+    if header:
+        request.add_header("X-Edge-App", "1")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -176,6 +180,8 @@ def test_teach_two_classes_in_the_page_and_the_live_label_switches(service, tmp_
 def test_teach_api_refusals(service):
     status, body = post(service, "/api/teach/capture?class=x", token=None)
     assert status == 401
+    status, body = post(service, "/api/teach/train", header=False)  # a cross-site form post
+    assert status == 403 and "X-Edge-App" in body
     status, body = post(service, "/api/teach/capture?class=../up")
     assert status == 400 and "bad class name" in body["error"]
     status, body = post(service, "/api/teach/capture?class=a&count=500")

@@ -7,6 +7,8 @@ Routes (token-protected like every data route):
                                           save N (1-50) newest frames into the class
   POST /api/teach/train                   learn from the teach folder, then swap models
 
+POSTs need the header ``X-Edge-App`` (see web.Handler.do_POST: no cross-site posts).
+
 Photos go to ``<state_dir>/teach/<class>/`` (the folder ``edge-app learn`` reads), the
 learned model to ``<state_dir>/learned.tflite``. Training is ``edge-app learn`` in a
 child process at lower priority (nice 10) with one worker and one thread: the GIL and

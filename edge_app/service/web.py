@@ -174,12 +174,17 @@ class Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_POST(self) -> None:
-        """Actions (the Teach panel's): token-protected, no body read."""
+        """Actions (the Teach panel's): token-protected, no body read. The X-Edge-App
+        header, which a page of another site cannot send without a CORS preflight this
+        server never grants, keeps such pages from posting (CSRF)."""
         self.app.requests += 1
         parts = urlsplit(self.path)
         route = POST_ROUTES.get(parts.path)
         try:
-            if not self._authorized(parse_qs(parts.query)):
+            if not self.headers.get("X-Edge-App"):
+                body = b"403 forbidden: actions need the X-Edge-App header\n"
+                self._send(HTTPStatus.FORBIDDEN, body, "text/plain; charset=utf-8")
+            elif not self._authorized(parse_qs(parts.query)):
                 self._send(
                     HTTPStatus.UNAUTHORIZED, b"401 unauthorized\n", "text/plain; charset=utf-8"
                 )

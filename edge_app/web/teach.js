@@ -74,7 +74,9 @@
   }
 
   async function call(method, path, params) {
-    const response = await fetch(url(path, params), { method, cache: "no-store" });
+    // X-Edge-App: the server refuses actions without it (another site cannot send it).
+    const headers = { "X-Edge-App": "1" };
+    const response = await fetch(url(path, params), { method, cache: "no-store", headers });
     const data = await response.json();
     if (!response.ok && data.error) throw new Error(data.error);
     return data;
