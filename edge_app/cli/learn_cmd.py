@@ -51,7 +51,8 @@ from edge_app.inference.runtime import RUNTIME_CHOICES
 @click.option(
     "--augment/--no-augment",
     default=None,
-    help="Also learn mirrored photos. Default: when there are at most 64 new photos.",
+    help="Also learn mirrored and two zoomed views of each photo. "
+    "Default: when there are at most 32 new photos.",
 )
 @click.option("-w", "--workers", type=click.IntRange(min=1), help="Worker processes.")
 @click.option(
@@ -137,7 +138,7 @@ def report_lines(report) -> list[str]:
     lines = []
     width = max(len(c) for c in report.classes)
     reused = f", {report.reused_photos} already in the --from model" if report.reused_photos else ""
-    aug = " (and their mirror images)" if report.augmented else ""
+    aug = " (with mirrored and zoomed views)" if report.augmented else ""
     lines.append(
         f"learned {len(report.classes)} classes from {sum(report.counts)} photos{aug}: "
         f"{report.new_photos} new{reused}"

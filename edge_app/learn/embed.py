@@ -25,8 +25,9 @@ from edge_app.learn.surgery import with_embedding_output
 log = logging.getLogger(__name__)
 
 EMBEDDING_SUFFIX = ".embedding.tflite"
-# original, mirrored: cheap and label-preserving for nearly every class a user teaches
-VARIANTS = ("original", "flip")
+# the views embed_variants knows: as decoded, mirrored, zoomed into two corners (cheap
+# and label-preserving for nearly every class a user teaches)
+VARIANTS = ("original", "flip", "crop_top_left", "crop_bottom_right")
 
 
 def _fingerprint(model_bytes: bytes) -> str:
@@ -146,10 +147,25 @@ class Embedder:
                 image = bgr
             elif variant == "flip":
                 image = cv2.flip(bgr, 1)
+            elif variant in _CORNERS:
+                image = _corner_crop(bgr, *_CORNERS[variant])
             else:
                 raise ValueError(f"unknown augmentation {variant!r}")
             rows.append(self.embed(image))
         return np.stack(rows)
+
+
+# A zoomed view (this share of each side) from two opposite corners: what a camera
+# framed a little differently would see.
+CROP_SHARE = 0.8
+_CORNERS = {"crop_top_left": (0, 0), "crop_bottom_right": (1, 1)}
+
+
+def _corner_crop(bgr: np.ndarray, along_y: int, along_x: int) -> np.ndarray:
+    h, w = bgr.shape[:2]
+    ch, cw = max(1, int(h * CROP_SHARE)), max(1, int(w * CROP_SHARE))
+    top, left = (h - ch) * along_y, (w - cw) * along_x
+    return bgr[top : top + ch, left : left + cw]
 
 
 # -- many files, in worker processes like classify --------------------------------------
