@@ -64,6 +64,17 @@ def _invoke_rates(paths: dict[str, Path], rounds: int, per_round: int) -> dict[s
 
 
 def run(quick: bool) -> dict:
+    saved = os.environ.get("EDGE_APP_MODELS_DIR")
+    try:
+        return _run(quick)
+    finally:  # the scratch models folder was for this section only
+        if saved is None:
+            os.environ.pop("EDGE_APP_MODELS_DIR", None)
+        else:
+            os.environ["EDGE_APP_MODELS_DIR"] = saved
+
+
+def _run(quick: bool) -> dict:
     rounds, per_round, learn_rounds = (3, 15, 1) if quick else (7, 40, 3)
     base = model_path("int8")
     python = [sys.executable, "-m", "edge_app"]
