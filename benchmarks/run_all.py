@@ -252,6 +252,12 @@ SECTIONS = [
         "benchmarks.service_bench:run",
         render_generic,
     ),
+    (
+        "learn",
+        "Learned classes: invoke rate and learn time",
+        "benchmarks.learn_bench:run",
+        render_generic,
+    ),
 ]
 
 

@@ -25,9 +25,10 @@ RANKS = {
     "sources": 2,
     "live": 3,
     "batch": 3,
-    "service": 4,
-    "cli": 5,
-    "__main__": 6,
+    "learn": 4,  # trains on folders through batch's decoding and workers
+    "service": 5,
+    "cli": 6,
+    "__main__": 7,
 }
 
 

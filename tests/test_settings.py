@@ -30,7 +30,10 @@ from edge_app.settings import (
 )
 
 # `run` options that are about the run itself, not a setting the service shares.
-RUN_ONLY = {"headless", "fullscreen", "json_lines", "max_frames", "duration", "snapshot_dir"}
+RUN_ONLY = {
+    "headless", "fullscreen", "json_lines", "max_frames", "duration", "snapshot_dir",
+    "teach_dir", "teach_classes",
+}  # fmt: skip
 
 
 def options_of(command: click.Command) -> dict[str, click.Option]:

@@ -26,6 +26,7 @@ COMMANDS = {
     "serve": "edge_app.cli.serve_cmd:serve",
     "config": "edge_app.cli.config_cmd:config",
     "mqtt": "edge_app.cli.mqtt_cmd:mqtt",
+    "learn": "edge_app.cli.learn_cmd:learn",
 }
 
 

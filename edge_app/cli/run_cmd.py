@@ -90,13 +90,24 @@ def summary_line(summary: dict, json_unwritten: int = 0) -> str:
     show_default=True,
     help="Where the `s` key saves snapshots.",
 )
+@click.option(
+    "--teach-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keys 1-9 add the shown frame to DIR/<class>/ (learn it with `edge-app learn DIR`).",
+)
+@click.option(
+    "--teach-classes",
+    metavar="A,B,...",
+    help="Classes for keys 1-9, in order. Default: the sub-folders of --teach-dir.",
+)
 @classifier_options
 def run(**kwargs) -> None:
     """Classify live frames from a camera, video file or stream, with an overlay.
 
     \b
     Keys in the window: q or Esc quit, s snapshot (PNG + JSON), p pause,
-    c show or hide the outline of the region the model sees.
+    c show or hide the outline of the region the model sees; with --teach-dir,
+    1-9 add the frame to that class's folder.
     Examples:
       edge-app run                                  (Pi camera or USB camera)
       edge-app run --source demo.mp4 --loop
@@ -185,6 +196,13 @@ def _show_window(pipeline, classifier, source, kwargs) -> None:
     from edge_app.live.display import LiveDisplay, Window
     from edge_app.live.overlay import Overlay
 
+    teacher = None
+    if kwargs["teach_dir"] is not None:
+        from edge_app.learn.teach import KeyTeacher, TeachFolder
+
+        names = kwargs["teach_classes"]
+        classes = [c for c in names.split(",") if c.strip()] if names else None
+        teacher = KeyTeacher(TeachFolder(kwargs["teach_dir"], classes))
     window = Window(fullscreen=kwargs["fullscreen"])
     display = LiveDisplay(
         pipeline,
@@ -197,6 +215,7 @@ def _show_window(pipeline, classifier, source, kwargs) -> None:
         window,
         snapshot_dir=kwargs["snapshot_dir"],
         snapshot_extra={"source": source.description, "model": classifier.model_name},
+        teacher=teacher,
     )
     pipeline.add_sink(display)
     try:

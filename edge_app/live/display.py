@@ -126,7 +126,9 @@ class LiveDisplay:
         window: Window,
         snapshot_dir: Path = Path("."),
         snapshot_extra: dict | None = None,
+        teacher=None,  # edge_app.learn.teach.KeyTeacher: keys 1..9 save the frame
     ):
+        self.teacher = teacher
         self.pipeline = pipeline
         self.overlay = overlay
         self.window = window
@@ -166,6 +168,9 @@ class LiveDisplay:
                 else:
                     self.pipeline.pause()
                 self._last_frame = None  # redraw with the paused mark changed
+            elif self.teacher is not None and self._last_frame is not None:
+                if self.teacher.handle_key(key, self._last_frame.image) is not None:
+                    self._last_frame = None  # redraw with the new count
 
     def _refresh(self) -> None:
         paused = self.pipeline.paused
@@ -176,6 +181,8 @@ class LiveDisplay:
         # A copy: the model may still be reading this frame, and must not see the overlay.
         image = frame.image.copy()
         self.overlay.draw(image, result, paused=paused)
+        if self.teacher is not None:
+            self.teacher.draw(image)
         self.window.show(image)
         self.shown += 1
         self._last_frame, self._last_result, self._last_image = frame, result, image

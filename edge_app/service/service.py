@@ -55,6 +55,7 @@ class Service:
         self.mqtt = None
         self.eventlog = None
         self.triggers = None
+        self.teach = None  # edge_app.service.teach.Teacher, made on first use
         self._overlay = None  # the encoder thread's
         self._trigger_overlay = None  # the trigger thread's
         self._stop = threading.Event()
@@ -374,6 +375,16 @@ class Service:
         log.info("configuration reloaded: %s", ", ".join(changed) or "nothing changed")
         self.notifier.ready(self.status_text(self.pipeline.snapshot()))
         return True
+
+    def swap_model(self, path: str | Path) -> None:
+        """Switch the running pipeline to the model at ``path`` (e.g. a learned one),
+        rebuilding it as a reload does; a model that does not load changes nothing."""
+        config = replace(self.config, model=replace(self.config.model, model=str(path), labels=""))
+        pipeline, overlays = self.build_pipeline(config)  # EdgeAppError: keep the old one
+        self.pipeline.stop()
+        self._start_pipeline(pipeline, overlays)
+        self.config = config
+        log.info("switched to the model %s", path)
 
     def _reload_web(self, old: ServiceConfig, new: ServiceConfig) -> bool:
         self.feed.max_fps = new.web.max_fps

@@ -12,6 +12,7 @@ thread per client is cheap at the client counts a camera sees (bounded by
   /api/events       Server-Sent Events: ``result`` per new result, ``stats`` each second
   /healthz          200 when frames are flowing, else 503 (no token needed)
   /metrics          Prometheus text format
+  /api/teach...     the Teach panel (GET status; POST capture, train): service/teach.py
 
 With ``web.token`` set every route showing the camera or its results needs
 ``Authorization: Bearer TOKEN`` or ``?token=TOKEN`` (the page passes on the one in its
@@ -35,6 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from edge_app import __version__
 from edge_app.errors import ConfigError
+from edge_app.service import teach as teach_routes
 from edge_app.service.frames import lower_thread_priority
 from edge_app.service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
@@ -45,6 +47,7 @@ STATIC = {
     "/index.html": ("index.html", "text/html; charset=utf-8"),
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
+    "/teach.js": ("teach.js", "text/javascript; charset=utf-8"),
 }
 BOUNDARY = "edgeappframe"
 WRITE_TIMEOUT_S = 10.0  # a client that takes no data this long is dropped
@@ -176,6 +179,28 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         self.do_GET()
+
+    def do_POST(self) -> None:
+        """Actions (the Teach panel's): token-protected, no body read. The X-Edge-App
+        header, which a page of another site cannot send without a CORS preflight this
+        server never grants, keeps such pages from posting (CSRF)."""
+        self.app.requests += 1
+        parts = urlsplit(self.path)
+        route = POST_ROUTES.get(parts.path)
+        try:
+            if not self.headers.get("X-Edge-App"):
+                body = b"403 forbidden: actions need the X-Edge-App header\n"
+                self._send(HTTPStatus.FORBIDDEN, body, "text/plain; charset=utf-8")
+            elif not self._authorized(parse_qs(parts.query)):
+                self._send(
+                    HTTPStatus.UNAUTHORIZED, b"401 unauthorized\n", "text/plain; charset=utf-8"
+                )
+            elif route is None:
+                self._send(HTTPStatus.NOT_FOUND, b"404 not found\n", "text/plain; charset=utf-8")
+            else:
+                route(self)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass  # the client left
 
     def do_GET(self) -> None:
         self.app.requests += 1
@@ -339,3 +364,6 @@ ROUTES = {
     "/healthz": Handler.health,
     "/metrics": Handler.metrics,
 }
+# The Teach panel's routes (edge_app/service/teach.py).
+ROUTES.update(teach_routes.GET_ROUTES)
+POST_ROUTES = dict(teach_routes.POST_ROUTES)
