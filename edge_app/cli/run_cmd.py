@@ -190,6 +190,21 @@ def summary_line(summary: dict, json_unwritten: int = 0) -> str:
     show_default=True,
     help="Where the `s` key saves snapshots.",
 )
+@click.option(
+    "--gate",
+    type=click.Choice(["off", "motion"]),
+    default="off",
+    show_default=True,
+    help="motion: classify only when the picture changes (and every --max-interval s).",
+)
+@click.option(
+    "--max-interval",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    metavar="S",
+    help="With --gate motion: classify a still scene again after S seconds.",
+)
 @classifier_options
 def run(**kwargs) -> None:
     """Classify live frames from a camera, video file or stream, with an overlay.
@@ -201,6 +216,7 @@ def run(**kwargs) -> None:
       edge-app run --source demo.mp4 --loop
       edge-app run --source rtsp://cam.local/stream --headless --json
     """
+    from edge_app.live.motion import make_gate
     from edge_app.live.pipeline import Pipeline
     from edge_app.sources import make_source
     from edge_app.sources.picamera2_source import Picamera2Source
@@ -234,6 +250,7 @@ def run(**kwargs) -> None:
         hysteresis=hysteresis,
         max_results=kwargs["max_frames"],
         duration=kwargs["duration"],
+        gate=make_gate(kwargs["gate"], max_interval=kwargs["max_interval"]),
     )
     writer = None
     if kwargs["json_lines"]:

@@ -23,6 +23,7 @@ from edge_app.service.config import ServiceConfig, load_config
 from edge_app.service.frames import JpegFeed, LatestBoard
 from edge_app.service.metrics import MetricsText
 from edge_app.service.notify import Notifier
+from edge_app.service.series import Series
 
 log = logging.getLogger("edge_app.serve")
 
@@ -48,6 +49,13 @@ class Service:
         self.feed = JpegFeed(
             self._draw_live, max_fps=config.web.max_fps, quality=config.web.jpeg_quality
         )
+        # The page draws its own overlay from the result data over this clean picture.
+        self.clean_feed = JpegFeed(
+            _no_overlay, max_fps=config.web.max_fps, quality=config.web.jpeg_quality
+        )
+        self.series = Series()  # the last minutes of rates and scores, for the page's chart
+        self.recorder = None  # events with snapshots and clips (edge_app.service.recorder)
+        self.event_listeners: list = []  # callback(kind, event); kept across reloads
         self.pipeline = None
         self.web = None
         self.mqtt = None
@@ -74,7 +82,8 @@ class Service:
         """The pipeline's one listener (inference thread): references only."""
         self.results.publish(result)
         self.feed.submit(result, frame)
-        for output in (self.mqtt, self.eventlog, self.triggers):
+        self.clean_feed.submit(result, frame)
+        for output in (self.mqtt, self.eventlog, self.triggers, self.recorder):
             if output is not None:
                 output.submit(result, frame)
 
@@ -128,6 +137,15 @@ class Service:
         except CameraUnavailable as exc:
             log.warning("%s; retrying with backoff while the web view and API stay up", exc)
             source = None
+        from edge_app.live.motion import make_gate
+
+        p = config.pipeline
+        gate = make_gate(
+            p.gate,
+            threshold=p.gate_threshold,
+            min_area=p.gate_min_area,
+            max_interval=p.gate_max_interval,
+        )
         pipeline = Pipeline(
             source,
             classifier,
@@ -135,6 +153,7 @@ class Service:
             hysteresis=config.pipeline.effective_hysteresis,
             reconnect=True,
             source_factory=make,
+            gate=gate,
         )
         pipeline.add_listener(self._on_result)
         overlays = (
@@ -201,6 +220,23 @@ class Service:
         ]
         return Triggers(triggers, self._draw_trigger)
 
+    def build_recorder(self, config: ServiceConfig):
+        if not config.event:
+            return None
+        from edge_app.service.recorder import build_recorder
+
+        recorder = build_recorder(config, self._draw_trigger)
+        for callback in self.event_listeners:
+            recorder.add_listener(callback)
+        return recorder
+
+    def add_event_listener(self, callback) -> None:
+        """``callback(kind, event)`` for every event ("new", "update", "end"), on the
+        recorder's thread; survives reloads (see edge_app/service/recorder.py)."""
+        self.event_listeners.append(callback)
+        if self.recorder is not None:
+            self.recorder.add_listener(callback)
+
     def _mqtt_status(self) -> dict:
         pipeline = self.pipeline
         if pipeline is None:
@@ -237,6 +273,7 @@ class Service:
             self.web = self.build_web(config)
             self.eventlog = self.build_eventlog(config)
             self.triggers = self.build_triggers(config)
+            self.recorder = self.build_recorder(config)
             self.mqtt = self.build_mqtt(config)
             if self.web is not None:
                 self.web.start()
@@ -273,6 +310,7 @@ class Service:
                 self.reload()
             stats = self.pipeline.stats()
             state = self._health(stats)
+            self._sample(stats)
             if state != announced:
                 self._announce(state, announced, stats)
                 announced = state
@@ -290,6 +328,12 @@ class Service:
                 self.notifier.status(self.status_text(stats))
                 next_status = now + self.config.service.status_interval
         return 0
+
+    def _sample(self, stats: dict) -> None:
+        latest = self.pipeline.latest()
+        top = latest[0].top[0] if latest is not None and latest[0].top else None
+        recorder = self.recorder
+        self.series.maybe_sample(stats, top, len(recorder.active()) if recorder else 0)
 
     def _health(self, stats: dict) -> str:
         """starting, running, retrying, ended, failed, or stalled (no frames for
@@ -382,6 +426,12 @@ class Service:
                 self.build_eventlog,
             ),
             ("triggers", "trigger", lambda c: (c.trigger, c.state_dir), self.build_triggers),
+            (
+                "recorder",
+                "event",
+                lambda c: (c.event, c.events, c.state_dir),
+                self.build_recorder,
+            ),
         )
         for attr, section, key, build in output_parts:
             if key(new) == key(old):
@@ -396,6 +446,8 @@ class Service:
             if previous is not None:
                 previous.close()
             applied = replace(applied, **{section: getattr(new, section)})
+            if attr == "recorder":
+                applied = replace(applied, events=new.events)
             changed.append(attr)
         if new.service != old.service:
             applied = replace(applied, service=new.service)
@@ -407,8 +459,9 @@ class Service:
         return True
 
     def _reload_web(self, old: ServiceConfig, new: ServiceConfig) -> bool:
-        self.feed.max_fps = new.web.max_fps
-        self.feed.quality = new.web.jpeg_quality
+        for feed in (self.feed, self.clean_feed):
+            feed.max_fps = new.web.max_fps
+            feed.quality = new.web.jpeg_quality
         same_socket = (old.web.host, old.web.port) == (new.web.host, new.web.port)
         if self.web is not None and new.web.enabled and same_socket:
             self.web.config = new.web  # token, rates and limits apply to the next request
@@ -436,15 +489,16 @@ class Service:
         began = time.monotonic()
         if self.pipeline is not None:
             self.pipeline.stop(timeout=1.0)
-        for output in (self.eventlog, self.triggers, self.mqtt):
+        for output in (self.eventlog, self.triggers, self.recorder, self.mqtt):
             if output is not None:
                 try:
                     output.close(0.6)
                 except Exception:  # one failing output must not keep the others open
                     log.exception("closing %r failed", output)
-        self.eventlog = self.triggers = self.mqtt = None
+        self.eventlog = self.triggers = self.recorder = self.mqtt = None
         self.results.close()
         self.feed.close()
+        self.clean_feed.close()
         if self.web is not None:
             self.web.close()
             self.web = None
@@ -478,8 +532,9 @@ class Service:
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started_at, 1),
             "reloads": self.reloads,
+            "events": self.recorder.stats() if self.recorder else None,
             "web": {
-                "viewers": self.feed.viewers,
+                "viewers": self.feed.viewers + self.clean_feed.viewers,
                 "streams": web.streams if web else 0,
                 "jpeg_frames": self.feed.encoded,
                 "jpeg_ms": round(self.feed.encode_ms, 2),
@@ -505,6 +560,18 @@ class Service:
                 for t in (triggers.triggers if triggers else [])
             ],
         }
+
+    def history(self, **query) -> dict:
+        """Stored events, newest first (see EventStore.history); empty without events."""
+        recorder = self.recorder
+        if recorder is None:
+            return {"events": [], "next": None}
+        return recorder.store.history(**query)
+
+    def media_file(self, event_id: str, name: str):
+        """The path of an event's media file, or None (unknown, invalid or outside)."""
+        recorder = self.recorder
+        return recorder.store.media_path(event_id, name) if recorder else None
 
     def health(self) -> tuple[bool, dict]:
         stats = self.pipeline.stats() if self.pipeline else None
@@ -630,6 +697,10 @@ class Service:
                     {"trigger": t.name},
                 )
         return m.render()
+
+
+def _no_overlay(image, result):
+    return image
 
 
 def serve(config_path: str | Path | None) -> int:

@@ -1,0 +1,264 @@
+"""Clip parts: the codec the platform's OpenCV can write, the pre-roll ring and the writer.
+
+``probe_codec`` tries once per process, in order, H.264 in MP4, VP8 in WebM (both play in
+browsers) and Motion JPEG in AVI (always there, but browsers do not play AVI: the web view
+then shows such a clip as a JPEG stream, see ``iter_clip_jpegs``). It writes and reads back
+a tiny clip, because a fourcc OpenCV accepts is not always one its FFmpeg can encode.
+
+``FrameRing`` keeps the last ``seconds`` of frames, at most ``fps`` a second, bounded by
+frame count and bytes: raw (downscaled) pictures when the budget holds them, else JPEGs,
+so a Pi Zero's pre-roll stays within a few megabytes.
+
+``ClipWriter`` lays frames on a fixed time grid of ``fps`` from ``start``: a grid point
+shows the newest frame captured at or before it, so a still scene (a motion gate skipping
+frames) or a slow inference rate gives a clip of true length. It writes to a temporary
+name; ``finish`` returns that file for the store to rename into place.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TEMP_MARK = ".tmp."  # in every temporary media name: swept on start
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str  # h264, vp8 or mjpeg
+    fourcc: str
+    ext: str  # the clip file's extension
+    mime: str
+    playable: bool  # plays in a browser's <video>
+
+
+CODECS = {
+    "h264": Codec("h264", "avc1", "mp4", "video/mp4", True),
+    "vp8": Codec("vp8", "VP80", "webm", "video/webm", True),
+    "mjpeg": Codec("mjpeg", "MJPG", "avi", "video/x-msvideo", False),
+}
+_probed: dict[str, bool] = {}
+_probe_lock = threading.Lock()
+
+
+def _works(codec: Codec) -> bool:
+    with _probe_lock:
+        if codec.name not in _probed:
+            _probed[codec.name] = _try_codec(codec)
+        return _probed[codec.name]
+
+
+def _try_codec(codec: Codec) -> bool:
+    with tempfile.TemporaryDirectory(prefix="edge-app-codec-") as folder:
+        path = os.path.join(folder, f"probe.{codec.ext}")
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*codec.fourcc), 10.0, (64, 48))
+        try:
+            if not writer.isOpened():
+                return False
+            for value in (0, 128, 255):
+                writer.write(np.full((48, 64, 3), value, np.uint8))
+        finally:
+            writer.release()
+        cap = cv2.VideoCapture(path)
+        try:
+            frames = 0
+            while cap.read()[0]:
+                frames += 1
+        finally:
+            cap.release()
+        return frames == 3
+
+
+def probe_codec(preference: str = "auto") -> Codec:
+    """The codec to write clips with: ``preference`` if it works, else the best that does."""
+    order = ["h264", "vp8", "mjpeg"]
+    if preference != "auto":
+        order.remove(preference)
+        order.insert(0, preference)
+    for name in order:
+        if _works(CODECS[name]):
+            if preference not in ("auto", name):
+                log.warning("events: codec %s is not available here; using %s", preference, name)
+            return CODECS[name]
+    return CODECS["mjpeg"]  # OpenCV always has its own Motion JPEG writer
+
+
+def clip_size(width: int, height: int, max_width: int) -> tuple[int, int]:
+    """(w, h) no wider than ``max_width``, aspect kept, both even (encoders want that)."""
+    if width > max_width:
+        height = round(height * max_width / width)
+        width = max_width
+    return max(2, width // 2 * 2), max(2, height // 2 * 2)
+
+
+def fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if (image.shape[1], image.shape[0]) == size:
+        return image
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+class FrameRing:
+    """The last ``seconds`` of frames, at most ``fps`` a second, within ``max_bytes``."""
+
+    def __init__(
+        self,
+        seconds: float,
+        fps: float,
+        size: tuple[int, int],
+        max_bytes: int,
+        quality: int = 85,
+    ):
+        self.seconds = seconds
+        self.interval = 1.0 / fps
+        self.size = size
+        self.max_bytes = max_bytes
+        self.quality = quality
+        self.capacity = max(1, math.ceil(seconds * fps) + 1)
+        raw_bytes = size[0] * size[1] * 3
+        self.compressed = self.capacity * raw_bytes > max_bytes  # JPEGs only when needed
+        self._items: deque[tuple[float, object, int]] = deque()
+        self.bytes = 0
+        self._last_t = -math.inf
+
+    def add(self, t: float, image: np.ndarray) -> bool:
+        """Keep ``image`` (already at ``size``) seen at ``t``; False when it came too soon."""
+        if t - self._last_t < self.interval * 0.9:
+            return False
+        self._last_t = t
+        if self.compressed:
+            ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+            if not ok:
+                return False
+            payload, size = buffer.tobytes(), buffer.size
+        else:
+            payload, size = image.copy(), image.nbytes  # a source may reuse its buffer
+        self._items.append((t, payload, size))
+        self.bytes += size
+        # One frame at or before the window's start is kept: it is what the picture showed
+        # then (a motion gate may have skipped everything since).
+        while len(self._items) > 1 and (
+            len(self._items) > self.capacity
+            or self.bytes > self.max_bytes
+            or self._items[1][0] <= t - self.seconds
+        ):
+            self.bytes -= self._items.popleft()[2]
+        return True
+
+    def since(self, t0: float) -> list[tuple[float, np.ndarray]]:
+        """The kept frames from ``t0`` on, oldest first, as pictures, led by the newest one
+        before ``t0`` (the picture at ``t0``)."""
+        items = list(self._items)
+        first = 0
+        for i, (t, _, _) in enumerate(items):
+            if t <= t0:
+                first = i
+        out = []
+        for t, payload, _ in items[first:]:
+            if self.compressed:
+                image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+                if image is None:
+                    continue
+            else:
+                image = payload
+            out.append((t, image))
+        return out
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class ClipWriter:
+    """One clip under a temporary name in ``folder``; see the module docstring."""
+
+    def __init__(
+        self,
+        folder: Path,
+        codec: Codec,
+        fps: float,
+        size: tuple[int, int],
+        start: float,
+        max_s: float,
+    ):
+        self.codec = codec
+        self.fps = fps
+        self.size = size
+        self.start = start
+        self.max_frames = max(1, int(max_s * fps))
+        self.path = folder / f"clip{TEMP_MARK}{codec.ext}"
+        self.frames = 0
+        self.last_t = -math.inf
+        self._next_t = start
+        self._previous: np.ndarray | None = None
+        self._writer = cv2.VideoWriter(
+            str(self.path), cv2.VideoWriter_fourcc(*codec.fourcc), fps, size
+        )
+        if not self._writer.isOpened():
+            self._writer.release()
+            raise OSError(f"cannot write a {codec.name} clip at {self.path}")
+
+    def add(self, t: float, image: np.ndarray) -> None:
+        """A frame captured at ``t`` (frames at or before the last one are ignored)."""
+        if t <= self.last_t:
+            return
+        self.last_t = t
+        image = fit(image, self.size)
+        if t <= self.start:
+            self._previous = image  # the picture at the clip's start
+            return
+        fill = self._previous if self._previous is not None else image
+        while self._next_t < t and self.frames < self.max_frames:
+            self._write(fill)
+        self._previous = image
+
+    def _write(self, image: np.ndarray) -> None:
+        self._writer.write(image)
+        self.frames += 1
+        self._next_t = self.start + self.frames / self.fps
+
+    def finish(self, end: float) -> Path:
+        """Fill the grid up to ``end`` with the newest frame, close the file, return it."""
+        if self._previous is not None:
+            while self._next_t <= end and self.frames < self.max_frames:
+                self._write(self._previous)
+        self._writer.release()
+        return self.path
+
+    def abort(self) -> None:
+        self._writer.release()
+        self.path.unlink(missing_ok=True)
+
+
+def iter_clip_jpegs(path: Path, quality: int = 80) -> Iterator[bytes]:
+    """The frames of a clip as JPEGs (for browsers that cannot play the file itself)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        while True:
+            ok, image = cap.read()
+            if not ok:
+                return
+            ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if ok:
+                yield buffer.tobytes()
+    finally:
+        cap.release()
+
+
+def clip_fps(path: Path) -> float:
+    cap = cv2.VideoCapture(str(path))
+    try:
+        fps = cap.get(cv2.CAP_PROP_FPS)
+    finally:
+        cap.release()
+    return fps if 0 < fps <= 240 else 10.0
