@@ -1,9 +1,12 @@
 """Clip parts: the codec the platform's OpenCV can write, the pre-roll ring and the writer.
 
-``probe_codec`` tries once per process, in order, H.264 in MP4, VP8 in WebM (both play in
-browsers) and Motion JPEG in AVI (always there, but browsers do not play AVI: the web view
-then shows such a clip as a JPEG stream, see ``iter_clip_jpegs``). It writes and reads back
-a tiny clip, because a fourcc OpenCV accepts is not always one its FFmpeg can encode.
+``probe_codec`` tries once per process H.264 in MP4 (browsers play it; a Pi's OpenCV may
+have it, pip wheels do not), else Motion JPEG in AVI (OpenCV's own writer, always there,
+about 6 ms a 640x480 frame; browsers do not play AVI, so the web view shows such a clip
+as the JPEG stream its frames already are, see ``iter_clip_jpegs``). VP8 in WebM also
+plays in browsers but costs some 100 ms of CPU a frame through OpenCV (no way to ask
+libvpx for its real-time mode there), so only ``codec = "vp8"`` picks it. The probe
+writes and reads back a tiny clip: a fourcc OpenCV accepts is not always one it encodes.
 
 ``FrameRing`` keeps the last ``seconds`` of frames, at most ``fps`` a second, bounded by
 frame count and bytes: raw (downscaled) pictures when the budget holds them, else JPEGs,
@@ -83,10 +86,9 @@ def _try_codec(codec: Codec) -> bool:
 
 def probe_codec(preference: str = "auto") -> Codec:
     """The codec to write clips with: ``preference`` if it works, else the best that does."""
-    order = ["h264", "vp8", "mjpeg"]
+    order = ["h264", "mjpeg"]
     if preference != "auto":
-        order.remove(preference)
-        order.insert(0, preference)
+        order = [preference, *(name for name in order if name != preference)]
     for name in order:
         if _works(CODECS[name]):
             if preference not in ("auto", name):
@@ -240,8 +242,40 @@ class ClipWriter:
         self.path.unlink(missing_ok=True)
 
 
+def _avi_jpegs(path: Path) -> Iterator[bytes]:
+    """The JPEG frames of a Motion JPEG AVI as stored (RIFF ``movi`` chunks ``##dc``):
+    no decoding, no encoding."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != b"RIFF" or data[8:12] != b"AVI ":
+        raise ValueError("not an AVI file")
+
+    def walk(start: int, end: int) -> Iterator[bytes]:
+        at = start
+        while at + 8 <= end:
+            kind = data[at : at + 4]
+            size = int.from_bytes(data[at + 4 : at + 8], "little")
+            body = at + 8
+            if kind in (b"RIFF", b"LIST"):
+                yield from walk(body + 4, min(end, body + size))
+            elif kind[2:] == b"dc" and data[body : body + 2] == b"\xff\xd8":
+                yield data[body : body + size]
+            at = body + size + (size & 1)
+
+    yield from walk(12, len(data))
+
+
 def iter_clip_jpegs(path: Path, quality: int = 80) -> Iterator[bytes]:
-    """The frames of a clip as JPEGs (for browsers that cannot play the file itself)."""
+    """The frames of a clip as JPEGs (for browsers that cannot play the file itself):
+    a Motion JPEG AVI's own frames, else decoded and encoded again."""
+    if path.suffix == ".avi":
+        try:
+            frames = list(_avi_jpegs(path))
+        except (OSError, ValueError):
+            frames = []
+        if frames:
+            yield from frames
+            return
     cap = cv2.VideoCapture(str(path))
     try:
         while True:
