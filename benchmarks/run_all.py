@@ -246,6 +246,12 @@ SECTIONS = [
         "benchmarks.service_bench:run",
         render_generic,
     ),
+    (
+        "events",
+        "Events and motion gating",
+        "benchmarks.events_bench:run",
+        render_generic,
+    ),
 ]
 
 

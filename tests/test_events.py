@@ -357,3 +357,29 @@ def test_codec_probe_picks_a_working_codec(tmp_path):
     assert codec.name in CODECS
     assert probe_codec("mjpeg").name == "mjpeg"  # always there, and kept when asked for
     assert sqlite3.sqlite_version_info >= (3, 7)
+
+
+def test_run_gate_motion_classifies_changes_and_refreshes(still_video, int8_model):
+    import json
+    import subprocess
+    import sys
+
+    path, _ = still_video
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "edge_app", "run", "--source", str(path), "--no-pace",
+            "--model", str(int8_model), "--threads", "1", "--headless", "--json",
+            "--gate", "motion", "--max-interval", "0.5",
+        ],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    triggers = [r["trigger"] for r in records]
+    assert set(triggers) <= {"motion", "refresh"} and triggers[0] == "motion"
+    # The still stretches are mostly skipped: far fewer results than the 280 frames.
+    assert triggers.count("motion") >= 3 and len(records) < 0.6 * 280, len(records)
+    # The parrot was classified right at its cut (frame 120), not a refresh later.
+    cut = next(r for r in records if r["frame"] >= 120)
+    assert cut["frame"] == 120 and cut["trigger"] == "motion"
+    assert cut["top"][0]["label"].startswith("macaw")

@@ -334,6 +334,13 @@ class Service:
         top = latest[0].top[0] if latest is not None and latest[0].top else None
         recorder = self.recorder
         self.series.maybe_sample(stats, top, len(recorder.active()) if recorder else 0)
+        # Under the motion gate results are rare in a still scene: keep the live picture
+        # current with the newest captured frame (and the result that still holds).
+        newest = self.pipeline.latest_frame()
+        if self.pipeline.gate is not None and latest is not None and newest is not None:
+            if newest is not latest[1]:
+                self.feed.submit(latest[0], newest)
+                self.clean_feed.submit(latest[0], newest)
 
     def _health(self, stats: dict) -> str:
         """starting, running, retrying, ended, failed, or stalled (no frames for
