@@ -57,7 +57,22 @@ def _classifier(threads: int = 1):
 def _camera(images):
     from edge_app.sources.memory import MemorySource
 
-    return MemorySource(images, fps=CAMERA_FPS, live=True, name="still camera")
+    class SwitchingCamera(MemorySource):
+        """Notes the number of the first frame read after ``images`` is replaced."""
+
+        first_new: int | None = None
+        _current = None
+
+        def read(self):
+            if self._pacer is not None:
+                self._pacer.wait()  # like a camera's frame interval
+            images = self.images
+            if images is not self._current:
+                self._current = images
+                self.first_new = self._number
+            return self._frame(images[self._number % len(images)])
+
+    return SwitchingCamera(images, fps=CAMERA_FPS, live=True, name="still camera")
 
 
 def _gate(mode: str):
@@ -105,12 +120,12 @@ def change_delay(classifier, changes: int) -> dict:
     scenes = [_noisy("grace_hopper.bmp", 4, 1), _noisy("parrot.jpg", 4, 2)]
     camera = _camera(scenes[0])
     pipeline = Pipeline(camera, classifier, gate=_gate("motion"))
-    switched = {"at": None, "number": None}
+    switched = {"at": None}
     delays: list[float] = []
     seen = threading.Event()
 
     def listener(result, frame):
-        at, number = switched["at"], switched["number"]
+        at, number = switched["at"], camera.first_new
         if at is not None and number is not None and frame.number >= number:
             if result.trigger == "motion" and not seen.is_set():
                 delays.append((time.monotonic() - at) * 1000.0)
@@ -125,9 +140,9 @@ def change_delay(classifier, changes: int) -> dict:
             time.sleep(1.5)  # the gate settles on the still picture
             seen.clear()
             switched["at"] = None
-            switched["number"] = camera._number + 1  # the first frame read after the switch
-            camera.images = scenes[(i + 1) % 2]
+            camera.first_new = None
             switched["at"] = time.monotonic()
+            camera.images = scenes[(i + 1) % 2]  # the picture changes now
             if not seen.wait(5.0):
                 delays.append(float("nan"))
             invokes.append(pipeline.stats()["invoke_ms"])

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 from cdp_support import Browser
-from service_support import ServiceProcess, demo_config, free_port
+from service_support import ServiceProcess, demo_config, free_port, parse_prometheus
 
 TOKEN = "events-token-0123456789"
 
@@ -95,6 +95,9 @@ def test_history_lists_events_newest_first_with_a_cursor(service, ended):
     assert stats["gate"]["mode"] == "motion" and 0 <= stats["gate"]["gated_share"] <= 1
     latest = service.get_json("/api/latest")[1]
     assert latest["trigger"] in ("motion", "refresh")
+    families = parse_prometheus(service.request("/metrics")[2].decode())
+    assert families["edge_app_events_total"]["samples"][0][2] >= 3
+    assert families["edge_app_gated_frames_total"]["type"] == "counter"
     # The JSONL log of ended events stays available.
     log = (service.config_path.parent / "state" / "events.jsonl").read_text().splitlines()
     assert len(log) >= 3

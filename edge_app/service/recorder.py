@@ -1,10 +1,12 @@
 """The event recorder: an output of the service like MQTT or the event log.
 
-``submit(result, frame)`` runs on the inference thread and only queues references (a
-full queue drops the frame and counts it; inference never waits). The recorder's own
-thread, at a lower priority, does the rest: it keeps the pre-roll ring, runs the episode
-detector (``events.py``), writes each event's best snapshot and its clip (``clips.py``)
-into the store (``event_store.py``), applies retention, and tells listeners.
+``submit(result, frame)`` runs on the inference thread: it feeds the episode detector
+(``events.py``: a few regular-expression searches), so events start and end on every
+result however busy recording is, and queues a reference to the frame only when the
+recorder needs one (a state change, or a frame for the pre-roll ring and the clips at
+``clip_fps``); a full queue drops such a frame and counts it. The recorder's own thread,
+at a lower priority, does the rest: the pre-roll ring, each event's best snapshot and
+its clip (``clips.py``) in the store (``event_store.py``), retention, and listeners.
 
 Listeners: ``add_listener(callback)``; ``callback(kind, event)`` runs on the recorder's
 thread with kind "new" (an episode started; its first snapshot is saved), "update" (a
@@ -26,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_app.service.clips import ClipWriter, Codec, FrameRing, clip_size, fit
+from edge_app.service.clips import ClipWriter, Codec, FrameRing, JpegCache, clip_size, fit
 from edge_app.service.event_store import EventStore
 from edge_app.service.events import Episode, EpisodeDetector, Watch
 
@@ -63,7 +65,7 @@ class EventRecorder:
         post_roll_s: float = 3.0,
         clip_fps: float = 10.0,
         clip_width: int = 640,
-        buffer_bytes: int = 24_000_000,
+        buffer_bytes: int = 32_000_000,
         jpeg_quality: int = 85,
         max_clip_s: float = 300.0,
         draw: Callable[[np.ndarray, object], np.ndarray] | None = None,
@@ -94,24 +96,41 @@ class EventRecorder:
         self._failed_listeners: set[int] = set()
         self._recordings: dict[str, _Recording] = {}
         self._ring: FrameRing | None = None
+        self._jpegs = JpegCache(80)  # clip frames, encoded once for every clip
         self._size: tuple[int, int] | None = None
         self._last_t: float | None = None  # capture time of the newest frame
         self._last_mono = time.monotonic()  # when it arrived
         self._next_retention = 0.0
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._detector_lock = threading.Lock()  # submit() and the recorder's ticks
+        self._frame_due = float("-inf")  # capture time from which a frame is wanted again
         self._thread = threading.Thread(target=self._run, name="edge-app-events", daemon=True)
         self._thread.start()
 
     # -- the pipeline side -----------------------------------------------------------
     def submit(self, result, frame) -> None:
-        """Pipeline listener: queue references only."""
+        """Pipeline listener: detect (cheap) and queue a reference when a frame is wanted."""
+        t = frame.timestamp
+        with self._detector_lock:
+            changes = self.detector.update(result, t)
+        if not changes and t < self._frame_due:
+            return  # between clip frames: nothing to keep
+        self._frame_due = t + 0.9 / self.clip_fps
+        item = (result, frame, changes)
         if self.wait_when_full:
-            self._queue.put((result, frame))
+            self._queue.put(item)
             return
         try:
-            self._queue.put_nowait((result, frame))
+            self._queue.put_nowait(item)
         except queue.Full:
-            self.dropped += 1
+            if not changes:
+                self.dropped += 1
+                return
+            try:  # a start or an end must not be lost: wait a little for room
+                self._queue.put(item, timeout=1.0)
+            except queue.Full:
+                self.dropped += 1
+                log.warning("events: recording is behind; an event change was lost")
 
     def add_listener(self, callback: Listener) -> None:
         self._listeners.append(callback)
@@ -177,19 +196,21 @@ class EventRecorder:
     def _tick(self) -> None:
         now = self._now()
         if now is not None:
-            self._apply(self.detector.tick(now), None, None, now)
+            with self._detector_lock:
+                changes = self.detector.tick(now)
+            self._apply(changes, None, None, now)
             self._finish_due(now)
         if time.monotonic() >= self._next_retention:
             self._retention()
 
-    def _handle(self, result, frame) -> None:
+    def _handle(self, result, frame, changes) -> None:
         t = frame.timestamp
         self._last_t, self._last_mono = t, time.monotonic()
         if self._size is None:
             height, width = frame.image.shape[:2]
             self._size = clip_size(width, height, self.clip_width)
             self._ring = FrameRing(
-                self.pre_roll_s, self.clip_fps, self._size, self.buffer_bytes, self.quality
+                self.pre_roll_s, self.clip_fps, self._size, self.buffer_bytes, 80, self._jpegs
             )
             log.debug(
                 "events: pre-roll ring of %d frames, %s",
@@ -198,7 +219,7 @@ class EventRecorder:
             )
         image = fit(frame.image, self._size)
         self._ring.add(t, image)
-        self._apply(self.detector.update(result, t), result, frame, t)
+        self._apply(changes, result, frame, t)
         for recording in self._recordings.values():
             if recording.writer is not None:
                 recording.writer.add(t, image)
@@ -236,6 +257,7 @@ class EventRecorder:
                 self._size,
                 episode.start - self.pre_roll_s,
                 self.max_clip_s,
+                self._jpegs,
             )
             # The ring holds the pre-roll; the current frame is in it too (or is added
             # right after, by the caller), and the writer ignores repeats.
@@ -245,6 +267,8 @@ class EventRecorder:
             self.failed += 1
             log.warning("events: %s: no clip: %s", episode.id, exc)
         recording = _Recording(episode, writer)
+        if episode.end is not None:  # it ended before this thread got to its start
+            recording.until = episode.end + self.post_roll_s
         recording.best = (frame.image, result) if frame is not None else None
         self._recordings[episode.id] = recording
         self._save_snapshot(recording, episode.start)
@@ -318,7 +342,9 @@ class EventRecorder:
 
     def _finish_all(self) -> None:
         now = self._now() or time.time()
-        self._apply(self.detector.close(), None, None, now)
+        with self._detector_lock:
+            changes = self.detector.close()
+        self._apply(changes, None, None, now)
         for recording in list(self._recordings.values()):
             # Stopping: the post-roll is what has been recorded so far.
             end = recording.episode.end or now

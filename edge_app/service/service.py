@@ -694,6 +694,21 @@ class Service:
             m.add(
                 "eventlog_lines_total", "counter", "Lines written to the event log.", eventlog.lines
             )
+        recorder = self.recorder
+        if recorder is not None:
+            m.add("events_total", "counter", "Events started.", recorder.started)
+            m.add("events_stored", "gauge", "Events in the index.", recorder.store.count())
+            m.add(
+                "event_media_bytes",
+                "gauge",
+                "Disk used by events' media.",
+                recorder.store.total_bytes(),
+            )
+        gate = stats.get("gate") or {}
+        if gate.get("mode") == "motion":
+            m.add(
+                "gated_frames_total", "counter", "Frames the motion gate skipped.", gate["skipped"]
+            )
         if self.triggers is not None:
             for t in self.triggers.triggers:
                 m.add(
