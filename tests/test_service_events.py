@@ -296,7 +296,7 @@ def test_page_shows_gallery_and_chart_and_a_click_plays_a_clip(
             )
             raise AssertionError(f"{exc}; {state}; click at {box}") from None
         assert box["id"] in playing["src"]
-        time.sleep(0.5)
+        time.sleep(1.5)  # past the 1 s pre-roll: the event itself is on screen
         evidence(browser.screenshot(tmp_path / f"issue15-clip-{width}x{height}.png"))
     finally:
         browser.close()

@@ -1,10 +1,10 @@
 """Motion gating: classify only when the picture changes, and now and then regardless.
 
-Each frame is shrunk to a small grey picture (64x48 by default: a few hundred
-microseconds even on a Pi Zero, against tens of milliseconds for one invoke), blurred a
-little, and compared with a background that follows the scene slowly. A pixel has
-changed when it differs from the background by more than ``threshold`` grey levels; the
-frame counts as motion when at least ``min_area`` of the pixels changed. Sensor noise is
+Each frame is shrunk to a small grey picture (64x48 by default, from every few pixels:
+about 0.1 ms for 640x480 here, against 10 ms and more for one invoke), blurred a little,
+and compared with a background that follows the scene slowly. A pixel has changed when
+it differs from the background by more than ``threshold`` grey levels; the frame counts
+as motion when at least ``min_area`` of the pixels changed. Sensor noise is
 absorbed by the shrinking and the blur; slow light changes by the background's drift
 (``adapt`` per frame). A still scene is still classified every ``max_interval`` seconds,
 so a result never grows older than that.
@@ -52,7 +52,12 @@ class MotionGate:
         self.counts = {"motion": 0, "refresh": 0, "skipped": 0}
 
     def small_grey(self, image: np.ndarray) -> np.ndarray:
-        small = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        # Every step-th pixel first (a view, no copy), then area-averaged: a fifth of the
+        # cost of averaging the whole frame, and still far finer than anything that moves.
+        step = max(
+            1, min(image.shape[1] // (2 * self.size[0]), image.shape[0] // (2 * self.size[1]))
+        )
+        small = cv2.resize(image[::step, ::step], self.size, interpolation=cv2.INTER_AREA)
         if small.ndim == 3:
             small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
         return cv2.GaussianBlur(small, (3, 3), 0).astype(np.float32)
