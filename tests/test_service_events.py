@@ -265,12 +265,11 @@ def test_page_shows_gallery_and_chart_and_a_click_plays_a_clip(
 
         # A click on the first event (a real mouse event at its place on the screen).
         box = browser.evaluate(
-            """(() => { const c = document.querySelector('#gallery .event-card.ended');
+            """(() => { const c = [...document.querySelectorAll('#gallery .event-card.ended')].pop();
                 c.scrollIntoView({block: 'center'});
                 const r = c.getBoundingClientRect();
                 return {x: r.left + r.width / 2, y: r.top + r.height / 2, id: c.dataset.id}; })()"""
         )
-        time.sleep(0.3)
         browser.click(box["x"], box["y"])
         try:
             playing = browser.wait_for(
@@ -295,8 +294,37 @@ def test_page_shows_gallery_and_chart_and_a_click_plays_a_clip(
                   snap: document.getElementById('viewer-snapshot').naturalWidth}; })()"""
             )
             raise AssertionError(f"{exc}; {state}; click at {box}") from None
-        assert box["id"] in playing["src"]
+        # The card under the mouse opened (the gallery may have shifted as a new event
+        # came in between finding the card and clicking: the viewer says which opened).
+        opened = browser.evaluate("document.getElementById('viewer').dataset.event")
+        assert opened in playing["src"]
+        history = service.get_json("/api/history?limit=100")[1]["events"]
+        assert opened in {e["id"] for e in history if e["clip"]}
         time.sleep(1.5)  # past the 1 s pre-roll: the event itself is on screen
         evidence(browser.screenshot(tmp_path / f"issue15-clip-{width}x{height}.png"))
     finally:
         browser.close()
+
+
+def test_sighup_rebuilds_the_recorder_and_events_go_on(service, ended):
+    import signal
+
+    before = {e["id"] for e in service.get_json("/api/history?limit=100")[1]["events"]}
+    text = service.config_path.read_text().replace("post_roll_s = 1.0", "post_roll_s = 1.5")
+    assert "post_roll_s = 1.5" in text
+    service.config_path.write_text(text)
+    service.signal(signal.SIGHUP)
+    service.wait_until(
+        lambda: "configuration reloaded: recorder" in service.stderr(), 20, "the reload"
+    )
+
+    def new_clip():
+        events = service.get_json("/api/history?limit=100")[1]["events"]
+        return [e for e in events if e["id"] not in before and e["clip"]]
+
+    fresh = service.wait_until(new_clip, 60, "an event recorded after the reload")
+    assert service.request("/" + fresh[0]["clip"])[0] == 200
+    assert "cannot save the clip" not in service.stderr()
+    # The reload let the old recorder finish: no event was left without its clip.
+    events = service.get_json("/api/history?limit=100")[1]["events"]
+    assert all(e["clip"] for e in events if e["state"] == "ended")

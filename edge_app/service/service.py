@@ -225,6 +225,11 @@ class Service:
             return None
         from edge_app.service.recorder import build_recorder
 
+        if self.recorder is not None:
+            # A reload: the running recorder finishes its clips before the new store
+            # sweeps the folder's temporary files.
+            self.recorder, previous = None, self.recorder
+            previous.close(1.0)
         recorder = build_recorder(config, self._draw_trigger)
         for callback in self.event_listeners:
             recorder.add_listener(callback)

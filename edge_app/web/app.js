@@ -376,6 +376,7 @@ function drawTimeline() {
 
 function openEvent(event) {
   const dialog = $("viewer");
+  dialog.dataset.event = event.id;
   $("viewer-title").textContent =
     `${shortLabel(event.label)} · ${(event.top_score * 100).toFixed(0)} % · ${timeText(event.start)}`;
   $("viewer-snapshot").src = event.snapshot ? withToken(event.snapshot) : "";
