@@ -258,6 +258,12 @@ SECTIONS = [
         "benchmarks.learn_bench:run",
         render_generic,
     ),
+    (
+        "events",
+        "Events and motion gating",
+        "benchmarks.events_bench:run",
+        render_generic,
+    ),
 ]
 
 

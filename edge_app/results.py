@@ -50,6 +50,9 @@ class LiveResult:
     fps: float
     camera_fps: float
     raw_top: list[Prediction] = field(default_factory=list)  # before smoothing
+    # Why this frame was classified: "always" (no gate), "motion" (the picture changed)
+    # or "refresh" (a still scene, classified again after gate.max_interval).
+    trigger: str = "always"
 
     def to_json(self) -> dict:
         return {
@@ -60,6 +63,7 @@ class LiveResult:
             "latency_ms": round(self.latency_ms, 2),
             "fps": round(self.fps, 2),
             "camera_fps": round(self.camera_fps, 2),
+            "trigger": self.trigger,
         }
 
 

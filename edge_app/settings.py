@@ -23,6 +23,7 @@ from edge_app.errors import ConfigError
 DEFAULT_MODEL = "mobilenet_v1_1.0_224_int8"
 CROP_CHOICES = ("central", "square", "none")
 RUNTIME_CHOICES = ("auto", "litert", "tflite_runtime", "tensorflow")
+GATE_CHOICES = ("off", "motion")
 AUTO_HYSTERESIS = -1.0  # hysteresis follows smoothing (see PipelineSettings)
 SMOOTHED_HYSTERESIS = 0.1  # the margin smoothing brings when hysteresis is automatic
 SMOOTH_FLAG_VALUE = 0.7  # what a bare `--smooth` means
@@ -149,6 +150,28 @@ class PipelineSettings:
         hi=1.0,
         doc="keep the shown label until another scores this much higher; "
         f"-1: {SMOOTHED_HYSTERESIS} with smoothing, else 0",
+    )
+
+    gate: str = setting(
+        "off",
+        "str",
+        choices=GATE_CHOICES,
+        doc="motion: classify only when the picture changes (and a still scene every "
+        "gate_max_interval seconds)",
+    )
+    gate_threshold: float = setting(
+        12.0, "float", lo=1.0, hi=254.0, doc="grey levels a pixel must change by to count"
+    )
+    gate_min_area: float = setting(
+        0.005, "float", lo=0.0, hi=1.0, doc="share of the picture that must change"
+    )
+    gate_max_interval: float = setting(
+        10.0,
+        "float",
+        lo=0.1,
+        hi=3600.0,
+        doc="with the motion gate: classify a still scene again after this many seconds",
+        flag=("--max-interval",),
     )
 
     @property

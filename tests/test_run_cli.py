@@ -56,8 +56,9 @@ def test_no_pace_json_run_classifies_every_frame_of_the_demo(int8_model, demo_vi
     assert [r["frame"] for r in out] == list(range(420))
     first = out[0]
     assert set(first) == {
-        "frame", "time", "top", "inference_ms", "latency_ms", "fps", "camera_fps",
+        "frame", "time", "top", "inference_ms", "latency_ms", "fps", "camera_fps", "trigger",
     }  # fmt: skip
+    assert {r["trigger"] for r in out} == {"always"}  # no gate: every frame classified
     assert len(first["top"]) == 5
     assert set(first["top"][0]) == {"index", "label", "score"}
     for start, last, photo in demo_segments:

@@ -280,7 +280,9 @@ def test_the_page_shows_the_live_picture_and_the_label(
 ):
     service.wait_for_result()
     shot = tmp_path / "page.png"
-    url = service.url(f"/?token={TOKEN}")
+    # poll=1: the page's polling mode. Its default, an open event stream, never lets
+    # --virtual-time-budget end (tests/test_service_events.py drives that mode over CDP).
+    url = service.url(f"/?token={TOKEN}&poll=1")
     done = chromium(tmp_path, f"--screenshot={shot}", url)
     assert done.returncode == 0 and shot.exists(), done.stderr.decode()[-2000:]
     screenshot = cv2.imread(str(shot))

@@ -65,7 +65,7 @@ def test_sinks_on_a_real_pipeline_get_every_result(tmp_path, test_images, int8_m
     assert list(stats) == [
         "frames", "results", "dropped", "camera_fps", "inference_fps", "invoke_ms",
         "latency_ms_p50", "latency_ms_p95", "source_state", "heartbeat", "model", "runtime",
-        "threads", "source", "paused", "error",
+        "threads", "source", "paused", "error", "gate",
     ]  # fmt: skip
     assert json.loads(json.dumps(stats))["source_state"] == "ended"
     snapshot = pipeline.snapshot()

@@ -15,6 +15,7 @@ import logging
 
 from edge_app.errors import CameraUnavailable
 from edge_app.inference.classifier import Classifier
+from edge_app.live.motion import make_gate
 from edge_app.live.pipeline import Pipeline
 from edge_app.settings import ModelSettings, PipelineSettings, SourceSettings
 from edge_app.sources import SourcePlan, plan_source
@@ -65,6 +66,12 @@ def build_pipeline(
         "hysteresis": pipeline.effective_hysteresis,
         "max_results": max_results,
         "duration": duration,
+        "gate": make_gate(
+            pipeline.gate,
+            threshold=pipeline.gate_threshold,
+            min_area=pipeline.gate_min_area,
+            max_interval=pipeline.gate_max_interval,
+        ),
     }
     if not reconnect:
         return Pipeline(planned.make(model_size), classifier, **settings)

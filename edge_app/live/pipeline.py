@@ -155,6 +155,7 @@ class Pipeline:
         crop: str | None = None,
         max_results: int | None = None,
         duration: float | None = None,
+        gate=None,
     ):
         if source is None and source_factory is None:
             raise ConfigError("a pipeline needs a source or a source_factory")
@@ -170,6 +171,7 @@ class Pipeline:
         self.max_results = max_results
         self.duration = duration
         self.smoother = LabelSmoother(smooth, hysteresis)
+        self.gate = gate  # edge_app.live.motion.MotionGate or None: classify every frame
         self.error: EdgeAppError | None = None  # why the run failed, if it did
 
         self._slot = FrameSlot()
@@ -306,6 +308,7 @@ class Pipeline:
             source=self.source.description if self.source is not None else "",
             paused=self.paused,
             error=str(self.error) if self.error else None,
+            gate=self.gate.stats() if self.gate is not None else {"mode": "off"},
         )
 
     def stats(self) -> dict:
@@ -450,7 +453,12 @@ class Pipeline:
                     if self._time_is_up():
                         self._end(PipelineState.ENDED)
                     continue
-                self._classify(clf, labels, frame)
+                trigger = "always"
+                if self.gate is not None:
+                    trigger = self.gate.should_infer(frame, time.monotonic())
+                    if trigger is None:
+                        continue  # a still picture: the previous result still holds
+                self._classify(clf, labels, frame, trigger)
                 if self.max_results is not None and self._results >= self.max_results:
                     self._end(PipelineState.ENDED)
                     break
@@ -461,7 +469,7 @@ class Pipeline:
         finally:
             self._done.set()
 
-    def _classify(self, clf, labels, frame: Frame) -> None:
+    def _classify(self, clf, labels, frame: Frame, trigger: str = "always") -> None:
         if frame.model_image is not None:
             classification = clf.classify(frame.model_image, crop="none")
         else:
@@ -482,6 +490,7 @@ class Pipeline:
             fps=self._inference_rate.rate(now),
             camera_fps=self._camera_rate.rate(now),
             raw_top=classification.top,
+            trigger=trigger,
         )
         with self._lock:
             self._results += 1

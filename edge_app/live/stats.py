@@ -7,7 +7,7 @@ always shown; ``stats["frames"]`` works too, for code written against the dict.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
 
@@ -38,6 +38,7 @@ class PipelineStats:
     source: str
     paused: bool
     error: str | None
+    gate: dict = field(default_factory=lambda: {"mode": "off"})  # the motion gate's counts
 
     def as_dict(self) -> dict:
         """The stats as plain JSON-ready data (the state as its string)."""
@@ -49,3 +50,7 @@ class PipelineStats:
 
     def __getitem__(self, key: str):
         return getattr(self, key)
+
+    def get(self, key: str, default=None):
+        """Like ``dict.get``, for code written against the stats dict."""
+        return getattr(self, key, default)

@@ -115,6 +115,32 @@ class TriggerConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    dir: str = opt("events", "str", doc="index and media; relative paths are in state_dir")
+    pre_roll_s: float = opt(3.0, "float", lo=0.0, hi=60.0)
+    post_roll_s: float = opt(3.0, "float", lo=0.0, hi=60.0)
+    clip_fps: float = opt(10.0, "float", lo=1.0, hi=60.0)
+    clip_width: int = opt(640, "int", lo=64, hi=4096, doc="clips are downscaled to this")
+    codec: str = opt("auto", "str", choices=("auto", "h264", "vp8", "mjpeg"))
+    buffer_mb: float = opt(32.0, "float", lo=1.0, hi=4096.0, doc="pre-roll memory cap")
+    snapshot_overlay: bool = opt(False, "bool", doc="draw the predictions on snapshots")
+    jpeg_quality: int = opt(85, "int", lo=10, hi=100)
+    max_age_days: float = opt(30.0, "float", lo=0.0, hi=36500.0, doc="0: keep forever")
+    max_mb: float = opt(1000.0, "float", lo=1.0, hi=1e7, doc="disk cap for all media")
+    max_s: float = opt(300.0, "float", lo=1.0, hi=86400.0, doc="longest clip")
+    log: str = opt("", "str", doc="JSONL of ended events; empty: none")
+
+
+@dataclass(frozen=True)
+class EventConfig:
+    pattern: str = opt("", "str", doc="regular expression searched in the label")
+    name: str = opt("", "str", doc="empty: event<N>")
+    min_score: float = opt(0.5, "float", lo=0.0, hi=1.0)
+    consensus: int = opt(3, "int", lo=1, hi=1000, doc="results in a row before it starts")
+    end_after_s: float = opt(3.0, "float", lo=0.0, hi=86400.0)
+
+
+@dataclass(frozen=True)
 class ServiceSection:
     state_dir: str = opt("", "str", doc="empty: $STATE_DIRECTORY, else /var/lib/edge-app")
     watchdog: bool = opt(True, "bool")
@@ -133,6 +159,8 @@ class ServiceConfig:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     eventlog: EventLogConfig = field(default_factory=EventLogConfig)
     trigger: tuple[TriggerConfig, ...] = ()
+    events: EventsConfig = field(default_factory=EventsConfig)
+    event: tuple[EventConfig, ...] = ()
     service: ServiceSection = field(default_factory=ServiceSection)
     path: str = field(default="", compare=False)  # where it was read from, for messages
 
@@ -158,15 +186,19 @@ class ServiceConfig:
     def trigger_name(self, index: int) -> str:
         return self.trigger[index].name or f"trigger{index + 1}"
 
+    def event_name(self, index: int) -> str:
+        return self.event[index].name or f"event{index + 1}"
+
 
 SECTIONS: dict[str, type] = {
     **LIVE_SECTIONS,
     "web": WebConfig,
     "mqtt": MqttConfig,
     "eventlog": EventLogConfig,
+    "events": EventsConfig,
     "service": ServiceSection,
 }
-ARRAY_SECTIONS: dict[str, type] = {"trigger": TriggerConfig}
+ARRAY_SECTIONS: dict[str, type] = {"trigger": TriggerConfig, "event": EventConfig}
 SUBTABLES: dict[tuple[str, str], type] = {("mqtt", "tls"): TlsConfig}
 
 
@@ -345,6 +377,21 @@ def _check_together(config: ServiceConfig) -> None:
         if _topic_safe(name) != name:
             raise ConfigError(f"{where}.name {name!r}: use letters, digits, '-', '_' or '.'")
         names.add(name)
+    names = set()
+    for i, event in enumerate(config.event):
+        where = f"event[{i + 1}]"
+        if not event.pattern:
+            raise ConfigError(f"{where}.pattern is required (a regular expression)")
+        try:
+            re.compile(event.pattern)
+        except re.error as exc:
+            raise ConfigError(f"{where}.pattern {event.pattern!r}: {exc}") from None
+        name = config.event_name(i)
+        if name in names:
+            raise ConfigError(f"{where}.name {name!r} is used twice")
+        if _topic_safe(name) != name:
+            raise ConfigError(f"{where}.name {name!r}: use letters, digits, '-', '_' or '.'")
+        names.add(name)
 
 
 def _resolve_beside(config: ServiceConfig, base: Path) -> ServiceConfig:
@@ -477,6 +524,18 @@ def describe(config: ServiceConfig) -> list[str]:
             f"trigger {config.trigger_name(i)}: /{trigger.pattern}/ >= {trigger.min_score:g} "
             f"-> {config.in_state_dir(trigger.dir)} (every {trigger.cooldown_s:g} s at most, "
             f"{trigger.max_mb:g} MB cap)"
+        )
+    for i, event in enumerate(config.event):
+        lines.append(
+            f"event {config.event_name(i)}: /{event.pattern}/ >= {event.min_score:g} for "
+            f"{event.consensus} results, ends {event.end_after_s:g} s after -> "
+            f"{config.in_state_dir(config.events.dir)}"
+        )
+    if config.pipeline.gate != "off":
+        p = config.pipeline
+        lines.append(
+            f"gate: {p.gate} (threshold {p.gate_threshold:g}, area {p.gate_min_area:g}, "
+            f"refresh every {p.gate_max_interval:g} s)"
         )
     lines.append(f"state_dir: {config.state_dir}")
     return lines

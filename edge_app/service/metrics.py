@@ -95,6 +95,8 @@ class ServiceFigures:
     mqtt_published: int
     eventlog_lines: int | None  # None: no event log
     trigger_saved: tuple[tuple[str, int], ...]  # (trigger name, snapshots saved)
+    # The event recorder's (None: no events configured): started, in the index, media bytes
+    events: tuple[int, int, int] | None = None
 
 
 def render_metrics(
@@ -188,6 +190,14 @@ def render_metrics(
             "Lines written to the event log.",
             service.eventlog_lines,
         )
+    if service.events is not None:
+        started, stored, media_bytes = service.events
+        m.add("events_total", "counter", "Events started.", started)
+        m.add("events_stored", "gauge", "Events in the index.", stored)
+        m.add("event_media_bytes", "gauge", "Disk used by events' media.", media_bytes)
+    gate = stats["gate"] if stats is not None else {}
+    if gate.get("mode") == "motion":
+        m.add("gated_frames_total", "counter", "Frames the motion gate skipped.", gate["skipped"])
     for name, saved in service.trigger_saved:
         m.add(
             "trigger_snapshots_total",

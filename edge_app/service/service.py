@@ -26,6 +26,7 @@ from edge_app.service.frames import JpegFeed, LatestBoard
 from edge_app.service.health import HealthMonitor, HealthState, health_report
 from edge_app.service.metrics import ServiceFigures, render_metrics
 from edge_app.service.notify import Notifier
+from edge_app.service.series import Series
 
 log = logging.getLogger("edge_app.serve")
 
@@ -50,6 +51,13 @@ class Service:
         self.feed = JpegFeed(
             self._draw_live, max_fps=config.web.max_fps, quality=config.web.jpeg_quality
         )
+        # The page draws its own overlay from the result data over this clean picture.
+        self.clean_feed = JpegFeed(
+            _no_overlay, max_fps=config.web.max_fps, quality=config.web.jpeg_quality
+        )
+        self.series = Series()  # the last minutes of rates and scores, for the page's chart
+        self.recorder = None  # events with snapshots and clips (edge_app.service.recorder)
+        self.event_listeners: list = []  # callback(kind, event); kept across reloads
         self.pipeline = None
         self.web = None
         self.mqtt = None
@@ -80,9 +88,11 @@ class Service:
         """The pipeline's one listener (inference thread): references only. Every output
         is a result sink (``edge_app.live.sinks.ResultSink``)."""
         self.results.publish(result)
-        for sink in (self.feed, self.mqtt, self.eventlog, self.triggers):
+        for sink in (self.feed, self.clean_feed, self.mqtt, self.eventlog, self.triggers):
             if sink is not None:
                 sink.submit(result, frame)
+        if self.recorder is not None:
+            self.recorder.submit(result, frame)
 
     def _draw_live(self, image, result):
         overlay = self._overlay
@@ -182,6 +192,28 @@ class Service:
         ]
         return Triggers(triggers, self._draw_trigger)
 
+    def build_recorder(self, config: ServiceConfig):
+        if not config.event:
+            return None
+        from edge_app.service.recorder import build_recorder
+
+        if self.recorder is not None:
+            # A reload: the running recorder finishes its clips before the new store
+            # sweeps the folder's temporary files.
+            self.recorder, previous = None, self.recorder
+            previous.close(1.0)
+        recorder = build_recorder(config, self._draw_trigger)
+        for callback in self.event_listeners:
+            recorder.add_listener(callback)
+        return recorder
+
+    def add_event_listener(self, callback) -> None:
+        """``callback(kind, event)`` for every event ("new", "update", "end"), on the
+        recorder's thread; survives reloads (see edge_app/service/recorder.py)."""
+        self.event_listeners.append(callback)
+        if self.recorder is not None:
+            self.recorder.add_listener(callback)
+
     def _mqtt_status(self) -> dict:
         pipeline = self.pipeline
         if pipeline is None:
@@ -223,6 +255,7 @@ class Service:
             self.web = self.build_web(config)
             self.eventlog = self.build_eventlog(config)
             self.triggers = self.build_triggers(config)
+            self.recorder = self.build_recorder(config)
             self.mqtt = self.build_mqtt(config)
             if self.web is not None:
                 self.web.start()
@@ -259,6 +292,7 @@ class Service:
                 self.reload()
             stats = self.pipeline.snapshot()
             state = self._health(stats)
+            self._sample(stats)
             if state != announced:
                 self._announce(state, announced, stats)
                 announced = state
@@ -276,6 +310,19 @@ class Service:
                 self.notifier.status(self.status_text(stats))
                 next_status = now + self.config.service.status_interval
         return 0
+
+    def _sample(self, stats: dict) -> None:
+        latest = self.pipeline.latest()
+        top = latest[0].top[0] if latest is not None and latest[0].top else None
+        recorder = self.recorder
+        self.series.maybe_sample(stats, top, len(recorder.active()) if recorder else 0)
+        # Under the motion gate results are rare in a still scene: keep the live picture
+        # current with the newest captured frame (and the result that still holds).
+        newest = self.pipeline.latest_frame()
+        if self.pipeline.gate is not None and latest is not None and newest is not None:
+            if newest is not latest[1]:
+                self.feed.submit(latest[0], newest)
+                self.clean_feed.submit(latest[0], newest)
 
     def _health(self, stats: PipelineStats | dict | None) -> HealthState:
         """starting, running, retrying, ended, failed, or stalled (``service.health``)."""
@@ -351,6 +398,12 @@ class Service:
                 self.build_eventlog,
             ),
             ("triggers", "trigger", lambda c: (c.trigger, c.state_dir), self.build_triggers),
+            (
+                "recorder",
+                "event",
+                lambda c: (c.event, c.events, c.state_dir),
+                self.build_recorder,
+            ),
         )
         for attr, section, key, build in output_parts:
             if key(new) == key(old):
@@ -365,6 +418,8 @@ class Service:
             if previous is not None:
                 previous.close()
             applied = replace(applied, **{section: getattr(new, section)})
+            if attr == "recorder":
+                applied = replace(applied, events=new.events)
             changed.append(attr)
         if new.service != old.service:
             applied = replace(applied, service=new.service)
@@ -387,8 +442,9 @@ class Service:
         log.info("switched to the model %s", path)
 
     def _reload_web(self, old: ServiceConfig, new: ServiceConfig) -> bool:
-        self.feed.max_fps = new.web.max_fps
-        self.feed.quality = new.web.jpeg_quality
+        for feed in (self.feed, self.clean_feed):
+            feed.max_fps = new.web.max_fps
+            feed.quality = new.web.jpeg_quality
         same_socket = (old.web.host, old.web.port) == (new.web.host, new.web.port)
         if self.web is not None and new.web.enabled and same_socket:
             self.web.config = new.web  # token, rates and limits apply to the next request
@@ -416,15 +472,16 @@ class Service:
         began = self._stop_requested_at or time.monotonic()
         if self.pipeline is not None:
             self.pipeline.stop(timeout=1.0)
-        for output in (self.eventlog, self.triggers, self.mqtt):
+        for output in (self.eventlog, self.triggers, self.recorder, self.mqtt):
             if output is not None:
                 try:
                     output.close(0.6)
                 except Exception:  # one failing output must not keep the others open
                     log.exception("closing %r failed", output)
-        self.eventlog = self.triggers = self.mqtt = None
+        self.eventlog = self.triggers = self.recorder = self.mqtt = None
         self.results.close()
         self.feed.close()
+        self.clean_feed.close()
         if self.web is not None:
             self.web.close()
             self.web = None
@@ -463,8 +520,9 @@ class Service:
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started_at, 1),
             "reloads": self.reloads,
+            "events": self.recorder.stats() if self.recorder else None,
             "web": {
-                "viewers": self.feed.viewers,
+                "viewers": self.feed.viewers + self.clean_feed.viewers,
                 "streams": web.streams if web else 0,
                 "jpeg_frames": self.feed.encoded,
                 "jpeg_ms": round(self.feed.encode_ms, 2),
@@ -491,6 +549,18 @@ class Service:
             ],
         }
 
+    def history(self, **query) -> dict:
+        """Stored events, newest first (see EventStore.history); empty without events."""
+        recorder = self.recorder
+        if recorder is None:
+            return {"events": [], "next": None}
+        return recorder.store.history(**query)
+
+    def media_file(self, event_id: str, name: str):
+        """The path of an event's media file, or None (unknown, invalid or outside)."""
+        recorder = self.recorder
+        return recorder.store.media_path(event_id, name) if recorder else None
+
     def health(self) -> tuple[bool, dict]:
         """(healthy, the `/healthz` body), from a fresh snapshot."""
         stats = self.pipeline.snapshot() if self.pipeline else None
@@ -503,7 +573,7 @@ class Service:
         stats = pipeline.snapshot() if pipeline else None
         state = self._health(stats)
         top = latest[0].top[0] if latest is not None and latest[0].top else None
-        mqtt, eventlog, triggers = self.mqtt, self.eventlog, self.triggers
+        mqtt, eventlog, triggers, recorder = self.mqtt, self.eventlog, self.triggers, self.recorder
         figures = ServiceFigures(
             version=__version__,
             device_id=self.config.device_id,
@@ -516,5 +586,14 @@ class Service:
             mqtt_published=mqtt.published if mqtt is not None else 0,
             eventlog_lines=eventlog.lines if eventlog is not None else None,
             trigger_saved=tuple((t.name, t.saved) for t in (triggers.triggers if triggers else ())),
+            events=(
+                (recorder.started, recorder.store.count(), recorder.store.total_bytes())
+                if recorder is not None
+                else None
+            ),
         )
         return render_metrics(stats, state, top, figures)
+
+
+def _no_overlay(image, result):
+    return image

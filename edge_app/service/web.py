@@ -5,11 +5,15 @@ thread per client is cheap at the client counts a camera sees (bounded by
 ``web.max_clients`` for the long-lived streams). Routes:
 
   /                 the page: live picture, predictions and stats (edge_app/web/)
-  /stream.mjpg      MJPEG (multipart/x-mixed-replace), overlay burned in
+  /stream.mjpg      MJPEG (multipart/x-mixed-replace), clean; ?overlay=1 burns it in
   /snapshot.jpg     one JPEG of the newest frame
   /api/latest       the newest result, the same object as `edge-app run --json`
   /api/stats        pipeline and service figures
   /api/events       Server-Sent Events: ``result`` per new result, ``stats`` each second
+  /api/history      stored events, newest first: ?since=UNIX&label=TEXT&limit=N&before=CURSOR
+  /api/series       the last minutes of rates and top scores, one sample a second (?since=)
+  /media/<event id>/snapshot.jpg, /media/<event id>/clip.<ext>   an event's media
+  /media/<event id>/clip.mjpg   the clip as a JPEG stream (for clips browsers cannot play)
   /healthz          200 when frames are flowing, else 503 (no token needed)
   /metrics          Prometheus text format
   /api/teach...     the Teach panel (GET status; POST capture, train): service/teach.py
@@ -26,6 +30,7 @@ import errno
 import hmac
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -221,6 +226,8 @@ class Handler(BaseHTTPRequestHandler):
                 )
                 return
             route = ROUTES.get(path)
+            if route is None and path.startswith("/media/"):
+                route = Handler.media
             if route is not None:
                 route(self)
             elif path in STATIC:
@@ -291,7 +298,9 @@ class Handler(BaseHTTPRequestHandler):
         if not self._begin_stream():
             return
         try:
-            feed = self.app.backend.feed
+            overlay = parse_qs(urlsplit(self.path).query).get("overlay", ["0"])[0]
+            backend = self.app.backend
+            feed = backend.feed if overlay == "1" else getattr(backend, "clean_feed", backend.feed)
             self._stream_headers(f"multipart/x-mixed-replace; boundary={BOUNDARY}")
             if self.command == "HEAD":
                 return
@@ -350,6 +359,133 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             self.app.close_stream()
 
+    # -- events: history and media (edge_app/service/event_store.py) -------------------
+    def history(self) -> None:
+        query = parse_qs(urlsplit(self.path).query)
+        try:
+            since = float(query["since"][0]) if "since" in query else None
+            limit = int(query.get("limit", ["50"])[0])
+            before = int(query["before"][0]) if "before" in query else None
+        except ValueError:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": "since, limit and before are numbers"})
+            return
+        label = query.get("label", [""])[0] or None
+        page = self.app.backend.history(since=since, label=label, limit=limit, before=before)
+        self._json(HTTPStatus.OK, page)
+
+    def series(self) -> None:
+        query = parse_qs(urlsplit(self.path).query)
+        try:
+            since = float(query.get("since", ["0"])[0])
+        except ValueError:
+            since = 0.0
+        self._json(HTTPStatus.OK, {"samples": self.app.backend.series.since(since)})
+
+    def media(self) -> None:
+        """/media/<event id>/<name>: only names the store knows, inside its folder."""
+        parts = urlsplit(self.path).path.split("/")
+        not_found = (HTTPStatus.NOT_FOUND, b"404 no such media\n", "text/plain; charset=utf-8")
+        if len(parts) != 4:
+            self._send(*not_found)
+            return
+        event_id, name = parts[2], parts[3]
+        if name == "clip.mjpg":
+            self._clip_stream(event_id)
+            return
+        path = self.app.backend.media_file(event_id, name)
+        if path is None:
+            self._send(*not_found)
+            return
+        content_type = MEDIA_TYPES.get(path.suffix, "application/octet-stream")
+        self._send_file(path, content_type)
+
+    def _send_file(self, path, content_type: str) -> None:
+        """A file, with single byte ranges (video elements seek with them)."""
+        size = path.stat().st_size
+        start, end = 0, size - 1
+        status = HTTPStatus.OK
+        wanted = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", "").strip())
+        if wanted and size and (wanted.group(1) or wanted.group(2)):
+            if wanted.group(1):
+                start = int(wanted.group(1))
+                end = min(int(wanted.group(2)), size - 1) if wanted.group(2) else size - 1
+            else:
+                start = max(0, size - int(wanted.group(2)))
+            if start > end or start >= size:
+                self._send(
+                    HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
+                    b"",
+                    "text/plain",
+                    {"Content-Range": f"bytes */{size}"},
+                )
+                return
+            status = HTTPStatus.PARTIAL_CONTENT
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Cache-Control", "private, max-age=3600")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if status == HTTPStatus.PARTIAL_CONTENT:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        self.connection.settimeout(WRITE_TIMEOUT_S)
+        with open(path, "rb") as source:
+            source.seek(start)
+            left = end - start + 1
+            while left > 0:
+                chunk = source.read(min(left, 1 << 16))
+                if not chunk:
+                    break
+                self.wfile.write(chunk)
+                left -= len(chunk)
+
+    def _clip_stream(self, event_id: str) -> None:
+        """An event's clip as MJPEG at its own frame rate, once through."""
+        from edge_app.service.clips import clip_fps, iter_clip_jpegs
+
+        backend = self.app.backend
+        path = None
+        for name in ("clip.avi", "clip.webm", "clip.mp4"):
+            path = backend.media_file(event_id, name)
+            if path is not None:
+                break
+        if path is None:
+            self._send(HTTPStatus.NOT_FOUND, b"404 no such clip\n", "text/plain; charset=utf-8")
+            return
+        if not self._begin_stream():
+            return
+        try:
+            self._stream_headers(f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+            if self.command == "HEAD":
+                return
+            interval = 1.0 / clip_fps(path)
+            next_at = time.monotonic()
+            for jpeg in iter_clip_jpegs(path):
+                if self.app.closing.is_set():
+                    break
+                self.app.closing.wait(max(0.0, next_at - time.monotonic()))
+                next_at += interval
+                self.wfile.write(
+                    f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                    f"Content-Length: {len(jpeg)}\r\n\r\n".encode()
+                    + jpeg
+                    + b"\r\n"
+                )
+                self.wfile.flush()
+        finally:
+            self.app.close_stream()
+
+
+MEDIA_TYPES = {
+    ".jpg": "image/jpeg",
+    ".mp4": "video/mp4",
+    ".webm": "video/webm",
+    ".avi": "video/x-msvideo",
+}
+
 
 def _event(name: str, obj) -> bytes:
     return f"event: {name}\ndata: {json.dumps(obj, separators=(',', ':'))}\n\n".encode()
@@ -361,6 +497,8 @@ ROUTES = {
     "/api/latest": Handler.latest,
     "/api/stats": Handler.stats,
     "/api/events": Handler.events,
+    "/api/history": Handler.history,
+    "/api/series": Handler.series,
     "/healthz": Handler.health,
     "/metrics": Handler.metrics,
 }
