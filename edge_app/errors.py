@@ -11,6 +11,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1  # a run finished but some inputs failed
 EXIT_USAGE = 2  # usage, model or configuration errors
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT); SIGTERM gives 143 (128 + SIGTERM)
 
 
 class EdgeAppError(Exception):
@@ -44,6 +45,20 @@ class ConfigError(EdgeAppError):
 
 class FetchError(EdgeAppError):
     """A model could not be downloaded or verified."""
+
+
+class OutputError(EdgeAppError):
+    """Results cannot be written (disk full, read-only folder, closed pipe): exit 2, the
+    output keeping only whole records."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM during a command: exit 128 + the signal number, one line."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.exit_code = 128 + signum
 
 
 class InputError(EdgeAppError):

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
 
 import click
 
 from edge_app import __version__
-from edge_app.errors import EdgeAppError
+from edge_app.errors import EXIT_INTERRUPTED, EdgeAppError
 
 # command name -> "module:attribute"
 COMMANDS = {
@@ -49,9 +50,11 @@ class LazyGroup(click.Group):
         except EdgeAppError as exc:
             click.echo(f"edge-app: error: {exc.message}", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("edge-app: interrupted", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or Interrupted (SIGINT/SIGTERM)
+            signum = getattr(exc, "signum", signal.SIGINT)
+            what = "terminated" if signum == signal.SIGTERM else "interrupted"
+            click.echo(f"edge-app: {what}", err=True)
+            ctx.exit(getattr(exc, "exit_code", EXIT_INTERRUPTED))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,5 +77,27 @@ def cli(verbose: int, quiet: bool) -> None:
     )
 
 
+def _usage_line(exc: click.UsageError) -> str:
+    """A click usage error as one line, with where to read more."""
+    ctx = exc.ctx
+    hint = f" (see: {ctx.command_path} -h)" if ctx is not None else ""
+    return f"edge-app: error: {' '.join(exc.format_message().split())}{hint}"
+
+
 def main() -> None:
-    cli(prog_name="edge-app")
+    """Every failure is one line on stderr and an exit code (click's usage errors too)."""
+    try:
+        code = cli.main(prog_name="edge-app", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()  # `edge-app` alone: the help, as a user expects
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        click.echo(_usage_line(exc), err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"edge-app: error: {' '.join(exc.format_message().split())}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("edge-app: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else 0)

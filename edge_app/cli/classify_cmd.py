@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -9,9 +11,9 @@ from pathlib import Path
 
 import click
 
-from edge_app.batch.records import FORMATS, WRITERS, done_paths, fsync_close, open_output
+from edge_app.batch.records import FORMATS, WRITERS, done_paths, is_done, open_output
 from edge_app.cli.options import classifier_options, pop_classifier_kwargs
-from edge_app.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
+from edge_app.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError, Interrupted, OutputError
 
 
 @dataclass
@@ -24,15 +26,20 @@ class BatchPlan:
     runtime_summary: str = ""
 
 
-def prepare_classifier(classifier_kwargs: dict, workers: int | None) -> BatchPlan:
+def prepare_classifier(
+    classifier_kwargs: dict, workers: int | None, inputs: int | None = None
+) -> BatchPlan:
     """Validate the model once in this process (so a bad model is one line, exit 2) and
     plan the worker processes."""
     from edge_app.batch.workers import plan_workers
     from edge_app.inference.classifier import Classifier, resolve_model_path
 
-    workers, threads = plan_workers(workers, classifier_kwargs.get("threads"))
+    model_path = resolve_model_path(classifier_kwargs["model"])
+    workers, threads = plan_workers(
+        workers, classifier_kwargs.get("threads"), inputs=inputs, model_path=model_path
+    )
     classifier_kwargs = dict(classifier_kwargs, threads=threads)
-    classifier_kwargs["model"] = str(resolve_model_path(classifier_kwargs["model"]))
+    classifier_kwargs["model"] = str(model_path)
     if workers == 1:
         classifier = Classifier(**classifier_kwargs)
         return BatchPlan(
@@ -47,6 +54,40 @@ def prepare_classifier(classifier_kwargs: dict, workers: int | None) -> BatchPla
 
 def _banner(classifier) -> str:
     return f"{classifier.runtime.describe()}, {classifier.xnnpack_summary()}"
+
+
+@contextlib.contextmanager
+def signals_raise():
+    """SIGINT and SIGTERM raise Interrupted (exit 130 / 143) in the main thread, where the
+    run stops at a whole record; the previous handlers come back afterwards."""
+
+    def on_signal(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore_signals() -> None:
+    """While the output is closed after a stop: a second Ctrl-C must not cut that short."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def shown_path(path: str) -> str:
+    """A path for a one-line message: control characters and bytes that are not UTF-8
+    escaped the way Python writes them."""
+    if path.isprintable():
+        try:
+            path.encode("utf-8")
+            return path
+        except UnicodeEncodeError:
+            pass
+    return repr(path)[1:-1]
 
 
 @click.command()
@@ -72,7 +113,7 @@ def _banner(classifier) -> str:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     help="Write records to FILE instead of stdout.",
 )
 @click.option(
@@ -105,6 +146,11 @@ def classify(paths, recursive, workers, fmt, output, resume, full_decode, progre
       edge-app classify 'shots/**/*.jpg' --format csv -o results.csv
       edge-app classify big_folder/ -o out.jsonl --resume
     """
+    with signals_raise():
+        _classify(paths, recursive, workers, fmt, output, resume, full_decode, progress, kwargs)
+
+
+def _classify(paths, recursive, workers, fmt, output, resume, full_decode, progress, kwargs):
     from edge_app.batch.workers import discover, run_batch
 
     classifier_kwargs = pop_classifier_kwargs(kwargs)
@@ -117,61 +163,76 @@ def classify(paths, recursive, workers, fmt, output, resume, full_decode, progre
 
     items, skipped = discover(paths, recursive)
     already = done_paths(output, fmt) if resume and output else set()
-    todo = [item for item in items if item.path not in already]
+    todo = [item for item in items if not is_done(item.path, already, fmt)]
+    resumed = len(items) - len(todo)
 
-    plan = prepare_classifier(classifier_kwargs, workers)
+    plan = prepare_classifier(classifier_kwargs, workers, inputs=len(todo))
     classifier, classifier_kwargs = plan.classifier, plan.classifier_kwargs
     workers, threads = plan.workers, plan.threads
-    stream, existing = open_output(output, resume)
-    writer = WRITERS[fmt](
-        stream, classifier_kwargs["top_k"], **({"header": not existing} if fmt == "csv" else {})
-    )
-
-    err = click.get_text_stream("stderr")
-    if progress is None:
-        progress = err.isatty() and not (output is None and stdout_tty)
-    note = f"; {len(already)} already in {output}" if already else ""
-    click.echo(
-        f"classifying {len(todo)} images with {Path(classifier_kwargs['model']).stem}: "
-        f"{workers} worker(s) x {threads} thread(s); {plan.runtime_summary}{note}",
-        err=True,
-    )
-    if skipped:
-        click.echo(f"skipping {skipped} files that are not images (by suffix)", err=True)
-
-    decode_kwargs = {"reduced": not full_decode}
-    failed = done = 0
-    start = time.perf_counter()
-    records = run_batch(todo, classifier_kwargs, workers, decode_kwargs, classifier)
-    bar = click.progressbar(length=len(todo), file=err, label="classifying") if progress else None
+    writer_class = WRITERS[fmt]
+    stream, existing = open_output(output, resume, errors=writer_class.errors)
+    done = failed = 0
+    where = f"; rerun with --resume -o {output} to continue" if output else ""
+    records = None
     try:
-        if bar:
-            bar.__enter__()
-        for record in records:
-            writer.write(record)
-            done += 1
-            failed += not record["ok"]
-            if not record["ok"] and output is not None:
-                click.echo(f"{record['path']}: {record['error']}", err=True)
-            if bar:
-                bar.update(1)
-    except KeyboardInterrupt:
-        if bar:
-            bar.__exit__(None, None, None)
+        writer = writer_class(
+            stream, classifier_kwargs["top_k"], **({"header": not existing} if fmt == "csv" else {})
+        )
+        err = click.get_text_stream("stderr")
+        if progress is None:
+            progress = err.isatty() and not (output is None and stdout_tty)
+        note = f"; {resumed} already in {output}" if resumed else ""
+        click.echo(
+            f"classifying {len(todo)} images with {Path(classifier_kwargs['model']).stem}: "
+            f"{workers} worker(s) x {threads} thread(s); {plan.runtime_summary}{note}",
+            err=True,
+        )
+        if skipped:
+            click.echo(f"skipping {skipped} files that are not images (by suffix)", err=True)
+
+        decode_kwargs = {"reduced": not full_decode}
+        start = time.perf_counter()
+        records = run_batch(todo, classifier_kwargs, workers, decode_kwargs, classifier)
+        bar = (
+            click.progressbar(length=len(todo), file=err, label="classifying") if progress else None
+        )
+        with bar if bar is not None else contextlib.nullcontext():
+            for record in records:
+                writer.write(record)
+                done += 1
+                failed += not record["ok"]
+                if not record["ok"] and output is not None:
+                    click.echo(f"{shown_path(record['path'])}: {record['error']}", err=True)
+                if bar is not None:
+                    bar.update(1)
         writer.close()
-        if output is not None:
-            fsync_close(stream)
-        where = f"; rerun with --resume -o {output} to continue" if output else ""
-        click.echo(f"interrupted after {done} of {len(todo)} images{where}", err=True)
-        sys.exit(130)
-    if bar:
-        bar.__exit__(None, None, None)
-    writer.close()
-    if output is not None:
-        fsync_close(stream)
+    except Interrupted as exc:
+        _ignore_signals()
+        _stop(records, stream)
+        what = "terminated" if exc.signum == signal.SIGTERM else "interrupted"
+        click.echo(f"edge-app: {what} after {done} of {len(todo)} images{where}", err=True)
+        sys.exit(exc.exit_code)
+    except OutputError as exc:
+        _ignore_signals()
+        _stop(records, stream)
+        raise OutputError(f"{exc.message}{where}") from None
+    except BaseException:
+        _stop(records, stream)
+        raise
+    stream.close()  # durable on disk, or an OutputError
     elapsed = time.perf_counter() - start
     rate = done / elapsed if elapsed > 0 else 0.0
     click.echo(
         f"done: {done} images, {failed} failed, {elapsed:.1f} s, {rate:.1f} images/s", err=True
     )
     sys.exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+
+
+def _stop(records, stream) -> None:
+    """End the worker processes and close the output after a failure or a signal."""
+    if records is not None:
+        records.close()  # the pool's finally: terminate and join the workers
+    try:
+        stream.close()
+    except OutputError:
+        pass  # the first failure is the one reported

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import click
 
 from edge_app.inference.preprocess import CROP_CHOICES
 from edge_app.inference.runtime import RUNTIME_CHOICES
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange lets NaN through (every comparison with it is false)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if math.isnan(number) or math.isinf(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def classifier_options(func=None, *, default_crop: str = "central"):
@@ -67,7 +78,7 @@ def classifier_options(func=None, *, default_crop: str = "central"):
             ),
             click.option(
                 "--threshold",
-                type=click.FloatRange(0.0, 1.0),
+                type=FiniteFloatRange(0.0, 1.0),
                 default=0.0,
                 show_default=True,
                 help="Drop predictions scoring below this.",
