@@ -41,7 +41,7 @@ def _log_for_journal() -> None:
     "-c",
     "--config",
     "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),  # a folder: load_config says so in one line
     envvar="EDGE_APP_CONFIG",
     metavar="FILE",
     help="TOML configuration (see config/edge-app.example.toml). Without it: defaults "

@@ -437,6 +437,8 @@ def load_config(
     if path is not None:
         file = Path(path).expanduser()
         try:
+            if file.exists() and not (file.is_file() or file.is_dir()):
+                raise ConfigError(f"{origin}: not a regular file")  # a FIFO would block
             text = file.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"{origin}: no such config file") from None
@@ -451,13 +453,40 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{origin}: invalid TOML: {exc}") from None
     try:
-        document = _merge(document, env_overrides(environ))
-        config = from_document(document, origin=origin)
-        if path is not None:
-            config = _resolve_beside(config, Path(path).expanduser().resolve().parent)
-        _check_files(config)
+        overrides = env_overrides(environ)
     except ConfigError as exc:
-        raise ConfigError(f"{origin}: {exc.message}") from None
+        overrides, env_error = {}, exc.message
+    else:
+        env_error = None
+    # The file is checked on its own too: a variable must not hide an error in it (the
+    # service would break the day the variable goes).
+    file_error = None
+    if overrides or env_error:
+        try:
+            _checked(document, path, origin)
+        except ConfigError as exc:
+            file_error = exc.message
+    try:
+        config = _checked(_merge(document, overrides), path, origin)
+    except ConfigError as exc:
+        if not (overrides or env_error):
+            file_error = exc.message  # no variable involved
+        elif exc.message != file_error:
+            env_error = env_error or exc.message
+    if file_error and env_error:
+        raise ConfigError(f"{origin}: {file_error}; with EDGE_APP_* variables: {env_error}")
+    if file_error:
+        raise ConfigError(f"{origin}: {file_error}")
+    if env_error:
+        raise ConfigError(f"{origin}: with EDGE_APP_* variables: {env_error}")
+    return config
+
+
+def _checked(document: dict, path, origin: str) -> ServiceConfig:
+    config = from_document(document, origin=origin)
+    if path is not None:
+        config = _resolve_beside(config, Path(path).expanduser().resolve().parent)
+    _check_files(config)
     return config
 
 

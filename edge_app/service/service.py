@@ -231,6 +231,9 @@ class Service:
         """Load the model, bind the web server, connect outputs, start the pipeline.
         A user error raises EdgeAppError (one line) with nothing left running."""
         config = self.config
+        from edge_app.service.preflight import check_outputs
+
+        check_outputs(config)  # before the camera and the port: fail fast, in one line
         try:
             pipeline, overlays = self.build_pipeline(config)
             self.pipeline = pipeline  # so a failure below still releases its source

@@ -110,9 +110,12 @@ class WebServer:
 
     def close(self) -> None:
         self.closing.set()
-        self.httpd.shutdown()
+        # shutdown() waits for serve_forever() to end: one never started would hang it.
+        if self._thread.ident is not None:
+            self.httpd.shutdown()
         self.httpd.server_close()
-        self._thread.join(1.0)
+        if self._thread.ident is not None:
+            self._thread.join(1.0)
 
     def open_stream(self) -> bool:
         with self._streams_lock:
