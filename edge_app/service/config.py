@@ -90,6 +90,7 @@ class WebConfig:
     max_fps: float = opt(10.0, "float", lo=0.1, hi=60.0)
     jpeg_quality: int = opt(80, "int", lo=10, hi=100)
     max_clients: int = opt(32, "int", lo=1, hi=1000, doc="streams and event feeds at once")
+    allowed_hosts: str = opt("", "str", doc="more Host names accepted without a token")
 
 
 @dataclass(frozen=True)
