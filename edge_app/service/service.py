@@ -68,6 +68,8 @@ class Service:
         # asks (not on the main loop's tick), so /healthz, /api/latest and /api/stats agree.
         self._health_lock = threading.Lock()
         self._progress = (-1, time.monotonic())  # (frames, when that count was first seen)
+        self._reloader = threading.Thread()  # the running background reload, if any
+        self._prepared = None  # its result, for the main loop to apply
 
     # -- wiring ----------------------------------------------------------------------------
     def _on_result(self, result, frame) -> None:
@@ -271,9 +273,13 @@ class Service:
             self._wake.clear()
             if self._stop.is_set():
                 break
-            if self._reload.is_set():
+            if self._reload.is_set() and not self._reloader.is_alive():
                 self._reload.clear()
-                self.reload()
+                self._reload_in_background()
+            with self._health_lock:
+                prepared, self._prepared = self._prepared, None
+            if prepared is not None:
+                self._apply_reload(prepared)
             stats = self.pipeline.stats()
             state = self._health(stats)
             if state != announced:
@@ -349,23 +355,54 @@ class Service:
     # -- reload ----------------------------------------------------------------------------
     def reload(self) -> bool:
         """Re-read the config; rebuild only what changed. A bad config changes nothing."""
+        return self._apply_reload(self._prepare_reload())
+
+    def _prepare_reload(self):
+        """The slow part of a reload (a model fetch, a model load, a source opening), which
+        ``serve`` runs off the main loop so the watchdog keeps being pinged meanwhile:
+        (new config or the ConfigError, (pipeline, overlays) or None or the error)."""
         self.notifier.reloading()
         try:
             new = load_config(self.config_path)
         except ConfigError as exc:
+            return exc, None
+        old = self.config
+        if (new.source, new.model, new.pipeline) == (old.source, old.model, old.pipeline):
+            return new, None
+        try:
+            return new, self.build_pipeline(new)
+        except EdgeAppError as exc:
+            return new, exc
+
+    def _reload_in_background(self) -> None:
+        def work():
+            prepared = self._prepare_reload()
+            with self._health_lock:
+                if not self._shut_down:
+                    self._prepared = prepared
+                    prepared = None
+            if prepared is not None and isinstance(prepared[1], tuple):
+                prepared[1][0].stop(timeout=0.5)  # stopped meanwhile: release its source
+            self._wake.set()
+
+        self._reloader = threading.Thread(target=work, name="edge-app-reload", daemon=True)
+        self._reloader.start()
+
+    def _apply_reload(self, prepared) -> bool:
+        new, built = prepared
+        if isinstance(new, ConfigError):
             self.reload_failures += 1
-            log.error("reload: %s; keeping the running configuration", exc.message)
+            log.error("reload: %s; keeping the running configuration", new.message)
             self.notifier.ready(self.status_text(self.pipeline.stats()))
             return False
         old = self.config
         applied = old
         changed = []
-        if (new.source, new.model, new.pipeline) != (old.source, old.model, old.pipeline):
-            try:
-                pipeline, overlays = self.build_pipeline(new)
-            except EdgeAppError as exc:
-                log.error("reload: %s; keeping the running pipeline", exc.message)
+        if built is not None:
+            if isinstance(built, EdgeAppError):
+                log.error("reload: %s; keeping the running pipeline", built.message)
             else:
+                pipeline, overlays = built
                 self.pipeline.stop()
                 self._start_pipeline(pipeline, overlays)
                 applied = replace(
@@ -432,9 +469,13 @@ class Service:
     # -- stopping --------------------------------------------------------------------------
     def shutdown(self) -> None:
         """Release the camera, flush outputs, close the web server: well within 3 s."""
-        if self._shut_down:
-            return
-        self._shut_down = True
+        with self._health_lock:
+            if self._shut_down:
+                return
+            self._shut_down = True
+            prepared, self._prepared = self._prepared, None
+        if prepared is not None and isinstance(prepared[1], tuple):
+            prepared[1][0].stop(timeout=0.5)  # a reload built but never applied
         self.notifier.stopping()
         began = time.monotonic()
         if self.pipeline is not None:
