@@ -55,10 +55,17 @@ class OutputError(EdgeAppError):
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM during a command: exit 128 + the signal number, one line."""
 
+    # The first signal this process got: an import or a library may turn the exception
+    # into an error of its own (a C extension's "initialization failed"), which the CLI
+    # then reports as the interruption it was.
+    received: int | None = None
+
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
         self.exit_code = 128 + signum
+        if Interrupted.received is None:
+            Interrupted.received = signum
 
 
 class InputError(EdgeAppError):

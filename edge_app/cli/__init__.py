@@ -15,7 +15,7 @@ import sys
 import click
 
 from edge_app import __version__
-from edge_app.errors import EXIT_INTERRUPTED, EdgeAppError
+from edge_app.errors import EXIT_INTERRUPTED, EdgeAppError, Interrupted
 
 # command name -> "module:attribute"
 COMMANDS = {
@@ -48,13 +48,19 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EdgeAppError as exc:
+            if Interrupted.received is not None:  # the error came from the interruption
+                _report_interrupt(ctx, Interrupted(Interrupted.received))
             click.echo(f"edge-app: error: {exc.message}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:  # Ctrl-C, or Interrupted (SIGINT/SIGTERM)
-            signum = getattr(exc, "signum", signal.SIGINT)
-            what = "terminated" if signum == signal.SIGTERM else "interrupted"
-            click.echo(f"edge-app: {what}", err=True)
-            ctx.exit(getattr(exc, "exit_code", EXIT_INTERRUPTED))
+            _report_interrupt(ctx, exc)
+
+
+def _report_interrupt(ctx, exc: KeyboardInterrupt):
+    signum = getattr(exc, "signum", signal.SIGINT)
+    what = "terminated" if signum == signal.SIGTERM else "interrupted"
+    click.echo(f"edge-app: {what}", err=True)
+    ctx.exit(getattr(exc, "exit_code", EXIT_INTERRUPTED))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,8 +90,15 @@ def _usage_line(exc: click.UsageError) -> str:
     return f"edge-app: error: {' '.join(exc.format_message().split())}{hint}"
 
 
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
 def main() -> None:
     """Every failure is one line on stderr and an exit code (click's usage errors too)."""
+    # SIGTERM ends any command like Ctrl-C, with one line and exit 143 (serve and run
+    # install their own handlers once they are running).
+    signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         code = cli.main(prog_name="edge-app", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:

@@ -27,6 +27,7 @@ from edge_app.errors import ConfigError
 ENV_PREFIX = "EDGE_APP_"
 # Variables other parts of the app read, even where they look like a section's key.
 OTHER_VARIABLES = {
+    "EDGE_APP_MODEL_MANIFEST",
     "EDGE_APP_MODEL_MIRROR",
     "EDGE_APP_MODELS_DIR",
     "EDGE_APP_SHARED",
