@@ -52,6 +52,10 @@ class OutputError(EdgeAppError):
     output keeping only whole records."""
 
 
+class WorkerError(EdgeAppError):
+    """A worker process died mid-run: the records so far are whole, the rest unknown."""
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM during a command: exit 128 + the signal number, one line."""
 

@@ -282,6 +282,34 @@ def test_sigterm_and_ctrl_c_at_random_points_then_resume_gives_each_input_once(
     assert len(paths) == len(set(paths)) == 100
 
 
+def test_a_killed_worker_ends_the_run_in_one_line_and_resume_finishes(
+    hundred_photos, int8_model, tmp_path
+):
+    """The OOM killer on a small Pi: multiprocessing.Pool would wait forever."""
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "edge_app", "classify", str(hundred_photos), "-o", str(out)]
+    cmd += ["-m", str(int8_model), "-w", "2"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out.exists() and out.read_bytes().count(b"\n")):
+        time.sleep(0.02)
+    workers = [
+        int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    ]
+    assert workers, "no worker processes"
+    os.kill(workers[0], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=60)  # a hang fails here
+    if proc.returncode != 0:  # (unless the run had just finished)
+        assert proc.returncode == 2, stderr
+        assert "Traceback" not in stderr and "worker process was killed" in stderr, stderr
+    paths = jsonl_paths(out.read_bytes())
+    assert len(paths) == len(set(paths))
+    final = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=180)
+    assert final.returncode == 0, final.stderr
+    paths = jsonl_paths(out.read_bytes())
+    assert len(paths) == len(set(paths)) == 100
+
+
 def test_sigterm_while_the_model_loads_is_one_line_exit_143(test_images, int8_model):
     for delay in (0.8, 1.2, 1.6):
         proc = subprocess.Popen(

@@ -68,10 +68,7 @@ class OutputSink:
                 written += n
         except OSError as exc:
             self._cut(written)
-            raise OutputError(
-                f"cannot write to {self.name}: {exc.strerror or exc}"
-                f" (after {self.records} whole records)"
-            ) from None
+            raise OutputError(f"cannot write to {self.name}: {exc.strerror or exc}") from None
 
     def _cut(self, written: int) -> None:
         """Take back the ``written`` bytes of a record that did not fit."""

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_app.batch.decode import IMAGE_SUFFIXES, decode_image
-from edge_app.errors import EdgeAppError
+from edge_app.errors import EdgeAppError, WorkerError
 from edge_app.inference.runtime import default_threads
 
 GLOB_CHARS = set("*?[")
+WATCH_S = 0.5  # how often the parent checks that no worker died while it waits
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,33 @@ def plan_workers(
     return workers, threads
 
 
+def _classify_chunk(items: list[Item]) -> list[dict]:
+    return [classify_item(item) for item in items]
+
+
+def _worker_pids(pool) -> set[int]:
+    # Pool keeps its processes in _pool (stable since Python 3.2); there is no public way
+    # to learn that one died.
+    return {process.pid for process in pool._pool}
+
+
+def _watched(pool, results) -> Iterator[list[dict]]:
+    """``results`` in order; a worker killed meanwhile (the OOM killer on a small Pi, a
+    stray SIGKILL) is a WorkerError at once: Pool would replace it silently and wait
+    forever for the records it held."""
+    workers = _worker_pids(pool)
+    while True:
+        try:
+            yield results.next(timeout=WATCH_S)
+        except StopIteration:
+            return
+        except multiprocessing.TimeoutError:
+            if _worker_pids(pool) != workers:
+                raise WorkerError(
+                    "a worker process was killed (out of memory? try fewer --workers)"
+                ) from None
+
+
 def run_batch(
     items: list[Item],
     classifier_kwargs: dict,
@@ -221,7 +249,9 @@ def run_batch(
         # Chunks of several items cut the parent's per-image IPC work (it shares the
         # cores with the workers); a few chunks per worker keep the tail balanced.
         chunksize = max(1, min(16, len(items) // (workers * 4)))
-        yield from pool.imap(classify_item, items, chunksize=chunksize)
+        chunks = [items[i : i + chunksize] for i in range(0, len(items), chunksize)]
+        for records in _watched(pool, pool.imap(_classify_chunk, chunks)):
+            yield from records
         pool.close()
     except BaseException:
         pool.terminate()

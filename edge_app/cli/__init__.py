@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import signal
 import sys
 
 import click
 
 from edge_app import __version__
-from edge_app.errors import EXIT_INTERRUPTED, EdgeAppError, Interrupted
+from edge_app.errors import EXIT_INTERRUPTED, EXIT_USAGE, EdgeAppError, Interrupted
 
 # command name -> "module:attribute"
 COMMANDS = {
@@ -113,4 +114,13 @@ def main() -> None:
     except click.Abort:
         click.echo("edge-app: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # a bug: still one line for the user, the detail on request
+        if os.environ.get("EDGE_APP_DEBUG"):
+            raise
+        click.echo(
+            f"edge-app: error: internal error: {type(exc).__name__}: {exc} "
+            "(EDGE_APP_DEBUG=1 shows the traceback; please report it)",
+            err=True,
+        )
+        sys.exit(EXIT_USAGE)
     sys.exit(code if isinstance(code, int) else 0)

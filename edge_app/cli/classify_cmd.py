@@ -13,7 +13,14 @@ import click
 
 from edge_app.batch.records import FORMATS, WRITERS, done_paths, is_done, open_output
 from edge_app.cli.options import classifier_options, pop_classifier_kwargs
-from edge_app.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError, Interrupted, OutputError
+from edge_app.errors import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    ConfigError,
+    Interrupted,
+    OutputError,
+    WorkerError,
+)
 
 
 @dataclass
@@ -212,10 +219,10 @@ def _classify(paths, recursive, workers, fmt, output, resume, full_decode, progr
         what = "terminated" if exc.signum == signal.SIGTERM else "interrupted"
         click.echo(f"edge-app: {what} after {done} of {len(todo)} images{where}", err=True)
         sys.exit(exc.exit_code)
-    except OutputError as exc:
+    except (OutputError, WorkerError) as exc:
         _ignore_signals()
         _stop(records, stream)
-        raise OutputError(f"{exc.message}{where}") from None
+        raise type(exc)(f"{exc.message} after {done} of {len(todo)} images{where}") from None
     except BaseException:
         _stop(records, stream)
         raise
