@@ -242,6 +242,46 @@ def test_stdout_on_a_full_disk_or_a_closed_pipe_is_one_line_exit_2(test_images, 
     one_error(result, 2, "Broken pipe")
 
 
+def test_an_output_fifo_nobody_reads_is_one_line_not_a_hang(test_images, int8_model, tmp_path):
+    os.mkfifo(tmp_path / "out.jsonl")
+    result = edge_app("classify", test_images, "-m", int8_model, "-o", tmp_path / "out.jsonl")
+    one_error(result, 2, "a FIFO nobody reads")
+
+
+@pytest.mark.parametrize("command", [("models", "list"), ("config", "show")])
+def test_other_commands_on_a_closed_pipe_or_a_full_disk_are_one_line_exit_2(command):
+    read, write = os.pipe()
+    os.close(read)
+    with os.fdopen(write, "w") as closed:
+        one_error(edge_app(*command, stdout=closed), 2, "Broken pipe")
+    with open("/dev/full", "w") as full:
+        one_error(edge_app(*command, stdout=full), 2, "No space left on device")
+
+
+def test_resume_keeps_to_the_file_it_continues(test_images, int8_model, tmp_path):
+    out = tmp_path / "out.csv"  # the suffix says CSV: no --format needed
+    first = edge_app("classify", test_images, "-m", int8_model, "-o", out, "-k", "3")
+    assert first.returncode == 0 and out.read_bytes().startswith(b"path,ok,index1")
+    out.write_bytes(out.read_bytes()[:-30])
+    # Another format or other columns would mix records: refused, the file untouched.
+    before = out.read_bytes()
+    for args in (("-f", "jsonl"), ("-k", "5")):
+        result = edge_app("classify", test_images, "-m", int8_model, "-o", out, "--resume", *args)
+        one_error(result, 2, "--resume")
+        assert out.read_bytes() == before
+    again = edge_app("classify", test_images, "-m", int8_model, "-o", out, "--resume", "-k", "3")
+    assert again.returncode == 0, again.stderr
+    assert sorted(csv_cells(out.read_bytes())) == sorted(str(p) for p in test_images.iterdir())
+
+
+def test_an_input_named_twice_is_one_record(test_images, int8_model):
+    photo = sorted(test_images.iterdir())[0]
+    result = edge_app("classify", test_images, photo, photo, test_images / "*", "-m", int8_model)
+    assert result.returncode == 0, result.stderr
+    paths = jsonl_paths(result.stdout.encode())
+    assert len(paths) == len(set(paths)) == 13
+
+
 # -- signals at random points ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def hundred_photos(tmp_path_factory, imagenet_sample) -> Path:
@@ -257,7 +297,7 @@ def test_sigterm_and_ctrl_c_at_random_points_then_resume_gives_each_input_once(
     out = tmp_path / "out.jsonl"
     cmd = [sys.executable, "-m", "edge_app", "classify", str(hundred_photos), "-o", str(out)]
     cmd += ["-m", str(int8_model), "-w", "2"]
-    for cycle, signum in enumerate([signal.SIGTERM, signal.SIGINT, signal.SIGTERM]):
+    for cycle, signum in enumerate([signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTERM]):
         before = len(jsonl_paths(out.read_bytes())) if out.exists() else 0
         target = before + RNG.randrange(1, 20)
         proc = subprocess.Popen(
@@ -272,7 +312,7 @@ def test_sigterm_and_ctrl_c_at_random_points_then_resume_gives_each_input_once(
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 128 + signum, stderr
         assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
-        word = "terminated" if signum == signal.SIGTERM else "interrupted"
+        word = "interrupted" if signum == signal.SIGINT else "terminated"
         assert f"edge-app: {word} after" in stderr and "rerun with --resume" in stderr
         paths = jsonl_paths(out.read_bytes())  # whole lines only
         assert len(paths) == len(set(paths)) < 100

@@ -20,6 +20,7 @@ once, however often a run is interrupted and resumed.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -30,7 +31,7 @@ from pathlib import Path
 from edge_app.errors import ConfigError, OutputError
 
 FORMATS = ("table", "jsonl", "csv")
-_HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 class OutputSink:
@@ -149,6 +150,13 @@ def _csv_row(row: list) -> str:
     return buffer.getvalue()[:-2] + "\n"
 
 
+def csv_columns(top_k: int) -> list[str]:
+    columns = ["path", "ok"]
+    for rank in range(1, top_k + 1):
+        columns += [f"index{rank}", f"label{rank}", f"score{rank}"]
+    return columns + ["inference_ms", "error"]
+
+
 class CsvWriter:
     errors = "strict"  # csv_path_cell keeps cells UTF-8
 
@@ -156,11 +164,7 @@ class CsvWriter:
         self.stream = stream
         self.top_k = top_k
         if header:
-            columns = ["path", "ok"]
-            for rank in range(1, top_k + 1):
-                columns += [f"index{rank}", f"label{rank}", f"score{rank}"]
-            columns += ["inference_ms", "error"]
-            self._line(columns)
+            self._line(csv_columns(top_k))
 
     def _line(self, row: list) -> None:
         self.stream.write(_csv_row(row))
@@ -272,12 +276,36 @@ def _csv_done(data: bytes) -> tuple[set[str], int]:
     return set(cells[1:]), whole  # the first row is the header
 
 
-def done_paths(path: Path, fmt: str) -> set[str]:
+def format_for(path: Path | None) -> str | None:
+    """The format an output file's name asks for (``.csv``, ``.jsonl``), else None."""
+    suffix = path.suffix.lower() if path is not None else ""
+    return {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(suffix)
+
+
+def _check_same_kind(path: Path, data: bytes, fmt: str, top_k: int | None) -> None:
+    """--resume appends to a file of the same format (and CSV columns), or refuses."""
+    first = data.split(b"\n", 1)[0]
+    looks_jsonl = first.lstrip().startswith(b"{")
+    if fmt == "jsonl" and not looks_jsonl:
+        raise ConfigError(f"--resume: {path} does not hold JSONL records (use its --format)")
+    if fmt == "csv":
+        if looks_jsonl or not first.startswith(b"path,ok"):
+            raise ConfigError(f"--resume: {path} does not hold CSV records (use its --format)")
+        if top_k is not None and first.decode("utf-8", "replace") != ",".join(csv_columns(top_k)):
+            raise ConfigError(
+                f"--resume: {path} has other CSV columns; resume with the --top-k it was "
+                "written with"
+            )
+
+
+def done_paths(path: Path, fmt: str, top_k: int | None = None) -> set[str]:
     """Paths already recorded in an output file (as the writer writes them: for CSV see
     ``csv_path_cell``); cuts a trailing partial record."""
     data = _read_for_resume(path)
-    if not data:
+    if not data or not data.strip(b"\n"):
         return set()
+    if b"\n" in data:
+        _check_same_kind(path, data, fmt, top_k)
     done, whole = _csv_done(data) if fmt == "csv" else _jsonl_done(data)
     if whole < len(data):
         _truncate(path, whole)
@@ -298,12 +326,16 @@ def open_output(path: Path | None, resume: bool, errors: str = "strict") -> tupl
             raise OutputError(f"cannot write to {path}: is a folder")
         existing = resume and path.exists() and path.stat().st_size > 0
         path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+        # O_NONBLOCK: a FIFO nobody reads fails at once (ENXIO) instead of blocking
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
         flags |= os.O_APPEND if existing else os.O_TRUNC
         fd = os.open(path, flags, 0o644)
+        os.set_blocking(fd, True)
     except FileExistsError:
         raise OutputError(f"cannot write to {path}: a parent is not a folder") from None
     except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise OutputError(f"cannot write to {path}: a FIFO nobody reads") from None
         raise OutputError(f"cannot write to {path}: {exc.strerror or exc}") from None
     return OutputSink(fd, str(path), errors=errors), existing
 

@@ -39,6 +39,7 @@ def discover(paths: Iterable[str], recursive: bool = True) -> tuple[list[Item], 
     """
     items: list[Item] = []
     skipped = 0
+    paths = list(dict.fromkeys(paths))  # a path named twice is one input
     for arg in paths:
         if not os.path.lexists(arg) and GLOB_CHARS & set(arg):
             matches = sorted(glob.glob(arg, recursive=True))
@@ -57,7 +58,13 @@ def discover(paths: Iterable[str], recursive: bool = True) -> tuple[list[Item], 
             skipped += n
         else:
             items.append(Item(arg))  # missing/unreadable files get their error when read
-    return items, skipped
+    seen: set[str] = set()
+    unique = []
+    for item in items:  # a file met twice (a folder and a glob) is one input
+        if item.path not in seen:
+            seen.add(item.path)
+            unique.append(item)
+    return unique, skipped
 
 
 def _walk(root: str, recursive: bool) -> tuple[list[Item], int]:
@@ -108,6 +115,7 @@ def _init_worker(classifier_kwargs: dict, decode_kwargs: dict) -> None:
     # The parent's handler (inherited by fork) would raise here: the pool ends workers
     # with SIGTERM, which must simply end them.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     _die_with_parent()
     import cv2
 

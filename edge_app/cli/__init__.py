@@ -7,6 +7,7 @@ on a Pi's slow storage.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
@@ -55,6 +56,12 @@ class LazyGroup(click.Group):
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:  # Ctrl-C, or Interrupted (SIGINT/SIGTERM)
             _report_interrupt(ctx, exc)
+        except OSError as exc:  # (click would exit 1 on EPIPE, silently)
+            if exc.errno not in _WRITE_ERRORS:
+                raise
+            _silence_stdout()
+            click.echo(f"edge-app: error: cannot write the output: {exc.strerror}", err=True)
+            ctx.exit(EXIT_USAGE)
 
 
 def _report_interrupt(ctx, exc: KeyboardInterrupt):
@@ -101,26 +108,73 @@ def main() -> None:
     # install their own handlers once they are running).
     signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
+        code = _run()
+    except SystemExit as exc:
+        code = exc.code
+    sys.exit(_flushed(code))
+
+
+def _run():
+    try:
         code = cli.main(prog_name="edge-app", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
         exc.show()  # `edge-app` alone: the help, as a user expects
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except click.UsageError as exc:
         click.echo(_usage_line(exc), err=True)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except click.ClickException as exc:
         click.echo(f"edge-app: error: {' '.join(exc.format_message().split())}", err=True)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except click.Abort:
         click.echo("edge-app: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except Exception as exc:  # a bug: still one line for the user, the detail on request
-        if os.environ.get("EDGE_APP_DEBUG"):
-            raise
-        click.echo(
-            f"edge-app: error: internal error: {type(exc).__name__}: {exc} "
-            "(EDGE_APP_DEBUG=1 shows the traceback; please report it)",
-            err=True,
-        )
-        sys.exit(EXIT_USAGE)
-    sys.exit(code if isinstance(code, int) else 0)
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRORS:
+            return _internal_error(exc)
+        _silence_stdout()
+        click.echo(f"edge-app: error: cannot write the output: {exc.strerror}", err=True)
+        return EXIT_USAGE
+    except Exception as exc:
+        return _internal_error(exc)
+    return code if isinstance(code, int) else 0
+
+
+# Writing stdout failed: a full disk, a closed pipe (`| head`), a vanished terminal.
+_WRITE_ERRORS = {errno.ENOSPC, errno.EPIPE, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EBADF}
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _flushed(code):
+    """Flush stdout now, while a failure can still be one line and exit 2."""
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        _silence_stdout()
+        if code in (0, 1, None):
+            click.echo(f"edge-app: error: cannot write the output: {exc.strerror}", err=True)
+            return EXIT_USAGE
+    except ValueError:
+        pass  # stdout closed
+    return code
+
+
+def _internal_error(exc: Exception) -> int:
+    """A bug: still one line for the user, the traceback on request."""
+    if os.environ.get("EDGE_APP_DEBUG"):
+        raise exc
+    click.echo(
+        f"edge-app: error: internal error: {type(exc).__name__}: {exc} "
+        "(EDGE_APP_DEBUG=1 shows the traceback; please report it)",
+        err=True,
+    )
+    return EXIT_USAGE

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import click
 
-from edge_app.batch.records import FORMATS, WRITERS, done_paths, is_done, open_output
+from edge_app.batch.records import (
+    FORMATS,
+    WRITERS,
+    done_paths,
+    format_for,
+    is_done,
+    open_output,
+)
 from edge_app.cli.options import classifier_options, pop_classifier_kwargs
 from edge_app.errors import (
     EXIT_OK,
@@ -71,7 +78,8 @@ def signals_raise():
     def on_signal(signum, frame):
         raise Interrupted(signum)
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal closed
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled}
     try:
         yield
     finally:
@@ -81,7 +89,7 @@ def signals_raise():
 
 def _ignore_signals() -> None:
     """While the output is closed after a stop: a second Ctrl-C must not cut that short."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
 
 
@@ -162,14 +170,15 @@ def _classify(paths, recursive, workers, fmt, output, resume, full_decode, progr
 
     classifier_kwargs = pop_classifier_kwargs(kwargs)
     stdout_tty = sys.stdout.isatty()
-    fmt = fmt or ("table" if (output is None and stdout_tty) else "jsonl")
+    fmt = fmt or format_for(output) or ("table" if (output is None and stdout_tty) else "jsonl")
     if resume and output is None:
         raise ConfigError("--resume needs --output FILE (the file to continue)")
     if resume and fmt == "table":
         raise ConfigError("--resume works with --format jsonl or csv")
 
     items, skipped = discover(paths, recursive)
-    already = done_paths(output, fmt) if resume and output else set()
+    top_k = classifier_kwargs.get("top_k")
+    already = done_paths(output, fmt, top_k) if resume and output else set()
     todo = [item for item in items if not is_done(item.path, already, fmt)]
     resumed = len(items) - len(todo)
 
@@ -216,7 +225,7 @@ def _classify(paths, recursive, workers, fmt, output, resume, full_decode, progr
     except Interrupted as exc:
         _ignore_signals()
         _stop(records, stream)
-        what = "terminated" if exc.signum == signal.SIGTERM else "interrupted"
+        what = "interrupted" if exc.signum == signal.SIGINT else "terminated"
         click.echo(f"edge-app: {what} after {done} of {len(todo)} images{where}", err=True)
         sys.exit(exc.exit_code)
     except (OutputError, WorkerError) as exc:

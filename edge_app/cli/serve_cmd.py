@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -62,6 +63,9 @@ def serve(config_path: Path | None) -> None:
 
     if stderr_is_journal():
         _log_for_journal()
+    # A reload asked for before the service listens for it must not kill it (SIGHUP's
+    # default): the config is read just below anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = load_config(config_path)
     code = Service(config, config_path=config_path).run()
     sys.exit(code)
