@@ -469,6 +469,11 @@ def test_an_unknown_model_name_and_a_missing_model_file(tmp_path, demo_video, in
     one_error(edge_app("config", "check", config), 2, "no such file")
 
 
+def test_a_missing_video_file(tmp_path, int8_model):
+    config = service_config(tmp_path, tmp_path / "gone.mp4", int8_model)
+    check_and_serve_refuse(config, "gone.mp4: no such file")
+
+
 def test_config_check_loads_the_model_as_serve_would(tmp_path, demo_video):
     (tmp_path / "corrupt.tflite").write_bytes(b"TFL3" + b"\0" * 100)
     config = service_config(tmp_path, demo_video, tmp_path / "corrupt.tflite")

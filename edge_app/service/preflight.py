@@ -12,7 +12,7 @@ import os
 import ssl
 from pathlib import Path
 
-from edge_app.errors import ConfigError, ModelError
+from edge_app.errors import ConfigError, EdgeAppError, ModelError
 from edge_app.service.config import ServiceConfig
 
 
@@ -48,7 +48,7 @@ def _in_file(config: ServiceConfig, check, *args):
     """Run ``check``; its error starts with the config file's name, like load_config's."""
     try:
         return check(*args)
-    except (ConfigError, ModelError) as exc:
+    except EdgeAppError as exc:
         prefix = f"{config.path}: " if config.path and config.path != "<defaults>" else ""
         raise type(exc)(f"{prefix}{exc.message}") from None
 
@@ -129,8 +129,28 @@ def check_model(config: ServiceConfig) -> str:
     return note
 
 
+def check_video_file(config: ServiceConfig) -> str | None:
+    """Open and close a video file source as serve will (cameras and streams are left
+    alone: a camera may be busy with the running service, a stream may be down now)."""
+    spec = config.source.spec.strip()
+    if spec == "auto" or spec.isdigit() or spec.startswith(("picamera2", "/dev/video")):
+        return None
+    if "://" in spec and not spec.startswith("file://"):
+        return None
+    from edge_app.sources import make_source
+
+    source = make_source(spec, pace=False, loop=False)
+    source.open()
+    try:
+        return f"video file: {source.description}"
+    finally:
+        source.close()
+
+
 def check_all(config: ServiceConfig) -> list[str]:
     """Everything serve does at start-up short of opening the camera and binding ports;
     notes for the summary."""
     check_outputs(config)
-    return [f"model file: {_in_file(config, check_model, config)}"]
+    notes = [f"model file: {_in_file(config, check_model, config)}"]
+    video = _in_file(config, check_video_file, config)
+    return notes + ([video] if video else [])
