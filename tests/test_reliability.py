@@ -357,6 +357,34 @@ def test_a_killed_worker_ends_the_run_in_one_line_and_resume_finishes(
     assert len(paths) == len(set(paths)) == 100
 
 
+def test_a_killed_parent_takes_its_workers_along_quietly(hundred_photos, int8_model, tmp_path):
+    """SIGKILL cannot be handled; the workers must not outlive it writing BrokenPipe
+    tracebacks, and the output still holds whole lines that --resume continues."""
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "edge_app", "classify", str(hundred_photos), "-o", str(out)]
+    cmd += ["-m", str(int8_model), "-w", "2"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out.exists() and out.read_bytes().count(b"\n")):
+        time.sleep(0.02)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    proc.kill()
+    _, stderr = proc.communicate(timeout=30)  # returns once the workers closed stderr too
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    for pid in children:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        )
+    final = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=180)
+    assert final.returncode == 0, final.stderr
+    paths = jsonl_paths(out.read_bytes())
+    assert len(paths) == len(set(paths)) == 100
+
+
 def test_sigterm_while_the_model_loads_is_one_line_exit_143(test_images, int8_model):
     for delay in (0.8, 1.2, 1.6):
         proc = subprocess.Popen(
