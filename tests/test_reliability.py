@@ -646,6 +646,43 @@ def test_with_a_token_any_host_needs_the_token_and_the_token_is_never_logged(cap
     assert secret not in caplog.text
 
 
+def test_the_listen_backlog_holds_a_burst_while_no_thread_accepts():
+    """The kernel completes connections up to the listen backlog by itself; beyond it
+    connections hang in SYN retries (the old backlog of 5 lost a burst of /healthz)."""
+    from edge_app.service.config import ServiceConfig, WebConfig
+    from edge_app.service.service import Service
+    from edge_app.service.web import WebServer
+
+    config = ServiceConfig(web=WebConfig(port=0))
+    web = WebServer(config.web, Service(config))  # bound and listening, not accepting
+    clients = []
+    try:
+        for _ in range(100):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", web.port))
+            clients.append(sock)
+        deadline = time.monotonic() + 10
+        connected: set = set()
+        while len(connected) < 100 and time.monotonic() < deadline:
+            for index, sock in enumerate(clients):
+                if (
+                    index not in connected
+                    and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+                ):
+                    try:
+                        sock.getpeername()
+                        connected.add(index)
+                    except OSError:
+                        pass
+            time.sleep(0.05)
+        assert len(connected) == 100, f"only {len(connected)} of 100 connections completed"
+    finally:
+        for sock in clients:
+            sock.close()
+        web.close()
+
+
 def test_a_burst_of_200_clients_is_answered():
     with web_server() as web:
         results: list = []
