@@ -683,6 +683,33 @@ def test_the_listen_backlog_holds_a_burst_while_no_thread_accepts():
         web.close()
 
 
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64,  # a TLS hello
+        b"GET /" + b"a" * 70000 + b" HTTP/1.0\r\n\r\n",  # a request line too long
+        b"GET / HTTP/1.0\r\n" + b"X-Many: 1\r\n" * 200 + b"\r\n",  # too many headers
+        b"POST /api/latest HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello",
+        b"GET http://attacker.example/api/latest HTTP/1.0\r\nHost: attacker.example\r\n\r\n",
+        b"GET /api/latest?token=%ff%fe HTTP/1.0\r\n\r\n",
+        b"GET / HTTP/1.0\r\n",  # then gone without the blank line
+    ],
+)
+def test_misbehaving_clients_get_an_answer_or_are_dropped_and_the_server_goes_on(
+    request_bytes, capfd
+):
+    with web_server() as web:
+        with socket.create_connection(("127.0.0.1", web.port), timeout=15) as sock:
+            with contextlib.suppress(OSError):
+                sock.sendall(request_bytes)
+                sock.shutdown(socket.SHUT_WR)
+                reply = sock.recv(4096)
+                if reply and b"attacker" in request_bytes:
+                    assert reply.split(b" ", 2)[1] == b"403", reply
+        assert http_get(web.port, "/healthz") == 503  # still answering
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_a_burst_of_200_clients_is_answered():
     with web_server() as web:
         results: list = []

@@ -176,6 +176,7 @@ class Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         # Reads of the request head share one deadline, however slowly bytes trickle in.
+        self.rfile.close()  # the socket's own file (the socket stays open)
         self.rfile = io.BufferedReader(_DeadlineReader(self.connection, REQUEST_HEAD_S))
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base's name
