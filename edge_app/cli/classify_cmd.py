@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shlex
 import signal
 import sys
 import time
@@ -152,8 +153,10 @@ def classify(paths, recursive, workers, fmt, output, resume, full_decode, progre
     {"path", "ok": true, "top": [{"index", "label", "score"}...], "inference_ms"} or
     {"path", "ok": false, "error"}.
 
-    Exit codes: 0 every input classified, 1 some inputs failed, 2 usage, model or
-    configuration error, 130 interrupted (rerun with --resume to continue).
+    Exit codes: 0 every input classified, 1 some inputs failed, 2 usage, model,
+    configuration or output error (disk full, read-only, closed pipe), 130 interrupted
+    (Ctrl-C), 143 SIGTERM; the output keeps whole records: rerun with --resume to
+    continue. The format follows -o's suffix (.csv, .jsonl) unless --format says.
 
     \b
     Examples:
@@ -188,7 +191,7 @@ def _classify(paths, recursive, workers, fmt, output, resume, full_decode, progr
     writer_class = WRITERS[fmt]
     stream, existing = open_output(output, resume, errors=writer_class.errors)
     done = failed = 0
-    where = f"; rerun with --resume -o {output} to continue" if output else ""
+    where = f"; rerun with --resume -o {shlex.quote(str(output))} to continue" if output else ""
     records = None
     try:
         writer = writer_class(
