@@ -794,14 +794,18 @@ class _SlowModelServer:
         self.httpd.server_close()
 
 
+def _slow_manifest(url: str) -> str:
+    return (
+        'default = "slow_model"\n\n[[models]]\nname = "slow_model"\nfile = "slow_model.tflite"\n'
+        f'url = "{url}"\nsha256 = "{"0" * 64}"\nsize = 4000000\ninput_size = [224, 224]\n'
+        'dtype = "int8"\nlabels = "embedded"\ndescription = "a download that takes hours"\n'
+    )
+
+
 def test_a_sighup_fetching_a_slow_model_keeps_the_watchdog_pinged(tmp_path, demo_video, int8_model):
     slow = _SlowModelServer()
     manifest = tmp_path / "manifest.toml"
-    manifest.write_text(
-        'default = "slow_model"\n\n[[models]]\nname = "slow_model"\nfile = "slow_model.tflite"\n'
-        f'url = "{slow.url}"\nsha256 = "{"0" * 64}"\nsize = 4000000\ninput_size = [224, 224]\n'
-        'dtype = "int8"\nlabels = "embedded"\ndescription = "a download that takes hours"\n'
-    )
+    manifest.write_text(_slow_manifest(slow.url))
     (tmp_path / "models").mkdir()
     document = demo_config(demo_video, int8_model, tmp_path / "state", free_port())
     notify = NotifySocket()
@@ -831,3 +835,29 @@ def test_a_sighup_fetching_a_slow_model_keeps_the_watchdog_pinged(tmp_path, demo
         service.stop()
         slow.close()
         notify.close()
+
+
+def test_sigterm_during_a_slow_model_fetch_at_start_up_stops_the_service(
+    tmp_path, demo_video, int8_model
+):
+    slow = _SlowModelServer()
+    manifest = tmp_path / "manifest.toml"
+    manifest.write_text(_slow_manifest(slow.url))
+    (tmp_path / "models").mkdir()
+    document = demo_config(demo_video, "slow_model", tmp_path / "state", free_port())
+    env = {
+        "EDGE_APP_MODEL_MANIFEST": str(manifest),
+        "EDGE_APP_MODELS_DIR": str(tmp_path / "models"),
+    }
+    service = ServiceProcess(document, tmp_path, env=env)
+    try:
+        assert slow.asked.wait(60), service.stderr()
+        time.sleep(0.5)
+        started = time.monotonic()
+        code = service.stop(timeout=10)
+        assert time.monotonic() - started < 10, "serve ignored SIGTERM during its start-up"
+        assert code == 143, service.stderr()
+        assert "Traceback" not in service.stderr() and "terminated" in service.stderr()
+    finally:
+        service.stop()
+        slow.close()

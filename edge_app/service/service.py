@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from edge_app import __version__
-from edge_app.errors import CameraUnavailable, ConfigError, EdgeAppError
+from edge_app.errors import CameraUnavailable, ConfigError, EdgeAppError, Interrupted
 from edge_app.service.config import ServiceConfig, load_config
 from edge_app.service.frames import JpegFeed, LatestBoard
 from edge_app.service.metrics import MetricsText
@@ -70,6 +70,7 @@ class Service:
         self._progress = (-1, time.monotonic())  # (frames, when that count was first seen)
         self._reloader = threading.Thread()  # the running background reload, if any
         self._prepared = None  # its result, for the main loop to apply
+        self._serving = False  # the main loop runs: a stop no longer interrupts start-up
 
     # -- wiring ----------------------------------------------------------------------------
     def _on_result(self, result, frame) -> None:
@@ -220,7 +221,10 @@ class Service:
 
     def _install_signals(self) -> None:
         def on_stop(signum, frame):
+            first = not self._stop.is_set()
             self.request_stop()
+            if first and not self._serving:  # still starting (a slow fetch): stop now
+                raise Interrupted(signum)
 
         def on_hup(signum, frame):
             self.request_reload()
@@ -262,6 +266,7 @@ class Service:
             self.shutdown()
 
     def serve(self) -> int:
+        self._serving = True
         interval = self.notifier.watchdog_interval
         watchdog = interval is not None and self.config.service.watchdog
         if watchdog:
