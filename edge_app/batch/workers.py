@@ -11,6 +11,7 @@ import glob
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from edge_app.inference.runtime import default_threads
 
 GLOB_CHARS = set("*?[")
 WATCH_S = 0.5  # how often the parent checks that no worker died while it waits
+JOIN_S = 10.0  # workers given to exit once every record is in
 
 
 @dataclass(frozen=True)
@@ -261,8 +263,25 @@ def run_batch(
         for records in _watched(pool, pool.imap(_classify_chunk, chunks)):
             yield from records
         pool.close()
+        joiner = threading.Thread(target=pool.join, daemon=True)  # see _terminate
+        joiner.start()
+        joiner.join(JOIN_S)
+        if joiner.is_alive():
+            _terminate(pool)
     except BaseException:
-        pool.terminate()
+        _terminate(pool)
         raise
-    finally:
-        pool.join()
+
+
+def _terminate(pool, timeout: float = 2.0) -> None:
+    """End the workers now. Pool.terminate() blocks forever when a killed worker died
+    holding the task queue's lock, so the workers are ended first and terminate() gets a
+    bounded time on a daemon thread."""
+    for process in list(pool._pool):
+        try:
+            process.terminate()
+        except (OSError, ValueError, AttributeError):
+            pass
+    stopper = threading.Thread(target=pool.terminate, name="edge-app-pool-stop", daemon=True)
+    stopper.start()
+    stopper.join(timeout)
