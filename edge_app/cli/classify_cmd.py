@@ -189,7 +189,9 @@ def _classify(paths, recursive, workers, fmt, output, resume, full_decode, progr
     classifier, classifier_kwargs = plan.classifier, plan.classifier_kwargs
     workers, threads = plan.workers, plan.threads
     writer_class = WRITERS[fmt]
-    stream, existing = open_output(output, resume, errors=writer_class.errors)
+    # How a writer's text meets names that UTF-8 cannot hold (a new writer: escaped).
+    errors = getattr(writer_class, "errors", "backslashreplace")
+    stream, existing = open_output(output, resume, errors=errors)
     done = failed = 0
     where = f"; rerun with --resume -o {shlex.quote(str(output))} to continue" if output else ""
     records = None
