@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1  # a run finished but some inputs failed
 EXIT_USAGE = 2  # usage, model or configuration errors
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT); SIGTERM gives 143 (128 + SIGTERM)
 
 
 class EdgeAppError(Exception):
@@ -50,6 +51,33 @@ class FetchError(EdgeAppError):
     """A model could not be downloaded or verified."""
 
 
+class OutputError(EdgeAppError):
+    """An output failed: results that cannot be written (disk full, read-only folder,
+    closed pipe: exit 2, the file keeping only whole records), or a snapshot, the event
+    log or a trigger's folder while running (logged in one line while the run goes on;
+    at start-up it stops the service)."""
+
+
+class WorkerError(EdgeAppError):
+    """A worker process died mid-run: the records so far are whole, the rest unknown."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM during a command: exit 128 + the signal number, one line."""
+
+    # The first signal this process got: an import or a library may turn the exception
+    # into an error of its own (a C extension's "initialization failed"), which the CLI
+    # then reports as the interruption it was.
+    received: int | None = None
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.exit_code = 128 + signum
+        if Interrupted.received is None:
+            Interrupted.received = signum
+
+
 class InputError(EdgeAppError):
     """One input (an image file) cannot be used; the run goes on with the others."""
 
@@ -62,11 +90,6 @@ class SourceError(EdgeAppError):
 
 class CameraUnavailable(SourceError):
     """The camera is busy or absent now; a service retries."""
-
-
-class OutputError(EdgeAppError):
-    """An output failed while running (a snapshot, the event log, a trigger's folder):
-    logged in one line while the run goes on; at start-up it stops the service."""
 
 
 ExceptionTypes = type[BaseException] | tuple[type[BaseException], ...]

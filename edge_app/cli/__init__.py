@@ -7,14 +7,17 @@ on a Pi's slow storage.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
+import os
+import signal
 import sys
 
 import click
 
 from edge_app import __version__
-from edge_app.errors import EdgeAppError
+from edge_app.errors import EXIT_INTERRUPTED, EXIT_USAGE, EdgeAppError, Interrupted
 
 # command name -> "module:attribute"
 COMMANDS = {
@@ -49,11 +52,25 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EdgeAppError as exc:
+            if Interrupted.received is not None:  # the error came from the interruption
+                _report_interrupt(ctx, Interrupted(Interrupted.received))
             click.echo(f"edge-app: error: {exc.message}", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("edge-app: interrupted", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or Interrupted (SIGINT/SIGTERM)
+            _report_interrupt(ctx, exc)
+        except OSError as exc:  # (click would exit 1 on EPIPE, silently)
+            if exc.errno not in _WRITE_ERRORS:
+                raise
+            _silence_stdout()
+            click.echo(f"edge-app: error: cannot write the output: {exc.strerror}", err=True)
+            ctx.exit(EXIT_USAGE)
+
+
+def _report_interrupt(ctx, exc: KeyboardInterrupt):
+    signum = getattr(exc, "signum", signal.SIGINT)
+    what = "terminated" if signum == signal.SIGTERM else "interrupted"
+    click.echo(f"edge-app: {what}", err=True)
+    ctx.exit(getattr(exc, "exit_code", EXIT_INTERRUPTED))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,5 +93,90 @@ def cli(verbose: int, quiet: bool) -> None:
     )
 
 
+def _usage_line(exc: click.UsageError) -> str:
+    """A click usage error as one line, with where to read more."""
+    ctx = exc.ctx
+    hint = f" (see: {ctx.command_path} -h)" if ctx is not None else ""
+    return f"edge-app: error: {' '.join(exc.format_message().split())}{hint}"
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
 def main() -> None:
-    cli(prog_name="edge-app")
+    """Every failure is one line on stderr and an exit code (click's usage errors too)."""
+    # SIGTERM ends any command like Ctrl-C, with one line and exit 143 (serve and run
+    # install their own handlers once they are running).
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        code = _run()
+    except SystemExit as exc:
+        code = exc.code
+    sys.exit(_flushed(code))
+
+
+def _run():
+    try:
+        code = cli.main(prog_name="edge-app", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()  # `edge-app` alone: the help, as a user expects
+        return exc.exit_code
+    except click.UsageError as exc:
+        click.echo(_usage_line(exc), err=True)
+        return exc.exit_code
+    except click.ClickException as exc:
+        click.echo(f"edge-app: error: {' '.join(exc.format_message().split())}", err=True)
+        return exc.exit_code
+    except click.Abort:
+        click.echo("edge-app: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRORS:
+            return _internal_error(exc)
+        _silence_stdout()
+        click.echo(f"edge-app: error: cannot write the output: {exc.strerror}", err=True)
+        return EXIT_USAGE
+    except Exception as exc:
+        return _internal_error(exc)
+    return code if isinstance(code, int) else 0
+
+
+# Writing stdout failed: a full disk, a closed pipe (`| head`), a vanished terminal.
+_WRITE_ERRORS = {errno.ENOSPC, errno.EPIPE, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EBADF}
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _flushed(code):
+    """Flush stdout now, while a failure can still be one line and exit 2."""
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        _silence_stdout()
+        if code in (0, 1, None):
+            click.echo(f"edge-app: error: cannot write the output: {exc.strerror}", err=True)
+            return EXIT_USAGE
+    except ValueError:
+        pass  # stdout closed
+    return code
+
+
+def _internal_error(exc: Exception) -> int:
+    """A bug: still one line for the user, the traceback on request."""
+    if os.environ.get("EDGE_APP_DEBUG"):
+        raise exc
+    click.echo(
+        f"edge-app: error: internal error: {type(exc).__name__}: {exc} "
+        "(EDGE_APP_DEBUG=1 shows the traceback; please report it)",
+        err=True,
+    )
+    return EXIT_USAGE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def _log_for_journal() -> None:
     "-c",
     "--config",
     "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),  # a folder: load_config says so in one line
     envvar="EDGE_APP_CONFIG",
     metavar="FILE",
     help="TOML configuration (see config/edge-app.example.toml). Without it: defaults "
@@ -62,6 +63,9 @@ def serve(config_path: Path | None) -> None:
 
     if stderr_is_journal():
         _log_for_journal()
+    # A reload asked for before the service listens for it must not kill it (SIGHUP's
+    # default): the config is read just below anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = load_config(config_path)
     code = Service(config, config_path=config_path).run()
     sys.exit(code)

@@ -37,6 +37,7 @@ from edge_app.settings import (
 
 # Variables other parts of the app read, even where they look like a section's key.
 OTHER_VARIABLES = {
+    "EDGE_APP_MODEL_MANIFEST",
     "EDGE_APP_MODEL_MIRROR",
     "EDGE_APP_MODELS_DIR",
     "EDGE_APP_SHARED",
@@ -64,6 +65,7 @@ class WebConfig:
     max_fps: float = opt(10.0, "float", lo=0.1, hi=60.0)
     jpeg_quality: int = opt(80, "int", lo=10, hi=100)
     max_clients: int = opt(32, "int", lo=1, hi=1000, doc="streams and event feeds at once")
+    allowed_hosts: str = opt("", "str", doc="more Host names accepted without a token")
 
 
 @dataclass(frozen=True)
@@ -453,18 +455,58 @@ def load_config(
                 tomllib.TOMLDecodeError: lambda e: ConfigError(f"{origin}: invalid TOML: {e}"),
             }
         ):
+            if file.exists() and not (file.is_file() or file.is_dir()):
+                raise ConfigError(f"{origin}: not a regular file")  # a FIFO would block
             document = tomllib.loads(file.read_text(encoding="utf-8"))
+    origins: dict[str, str] = {}
+    env_error: ConfigError | None = None
     try:
-        origins: dict[str, str] = {}
-        document = _merge(document, env_overrides(environ, origins))
-        config = from_document(document, origin=origin, origins=origins)
-        if path is not None:
-            config = _resolve_beside(config, Path(path).expanduser().resolve().parent)
-        _check_files(config)
+        overrides = env_overrides(environ, origins)
     except ConfigError as exc:
-        if getattr(exc, "from_environment", False):
-            raise
-        raise ConfigError(f"{origin}: {exc.message}") from None
+        overrides, env_error = {}, exc
+    # The file is checked on its own too: a variable must not hide an error in it (the
+    # service would break the day the variable goes).
+    file_error: ConfigError | None = None
+    if overrides or env_error:
+        try:
+            _checked(document, path, origin, {})
+        except ConfigError as exc:
+            file_error = exc
+    config = None
+    try:
+        config = _checked(_merge(document, overrides), path, origin, origins)
+    except ConfigError as exc:
+        if not (overrides or env_error):
+            file_error = exc  # no variable involved
+        elif file_error is None or exc.message != file_error.message:
+            env_error = env_error or exc
+
+    def blamed(exc: ConfigError) -> str:
+        # A value a variable set names that variable (settings.check_value); anything
+        # else the variables caused is said to come with them.
+        if getattr(exc, "from_environment", False) or exc.message.startswith("environment"):
+            return exc.message
+        return f"with EDGE_APP_* variables: {exc.message}"
+
+    if file_error and env_error:
+        raise ConfigError(f"{origin}: {file_error.message}; {blamed(env_error)}")
+    if file_error:
+        raise ConfigError(f"{origin}: {file_error.message}")
+    if env_error:
+        message = blamed(env_error)
+        error = ConfigError(
+            message if message.startswith("environment") else f"{origin}: {message}"
+        )
+        error.from_environment = True
+        raise error
+    return config
+
+
+def _checked(document: dict, path, origin: str, origins: dict[str, str]) -> ServiceConfig:
+    config = from_document(document, origin=origin, origins=origins)
+    if path is not None:
+        config = _resolve_beside(config, Path(path).expanduser().resolve().parent)
+    _check_files(config)
     return config
 
 

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from edge_app import __version__
-from edge_app.errors import ConfigError, EdgeAppError
+from edge_app.errors import ConfigError, EdgeAppError, Interrupted
 from edge_app.live.stats import PipelineStats
 from edge_app.results import human_label
 from edge_app.service.config import ServiceConfig, load_config
@@ -78,6 +78,13 @@ class Service:
         # Health is decided from the same stats snapshot a client is shown, at the moment it
         # asks (not on the main loop's tick), so /healthz, /api/latest and /api/stats agree.
         self._monitor = HealthMonitor(config.service.stall_s)
+        self._reload_lock = threading.Lock()  # hands a prepared reload to the main loop
+        # One pipeline switch at a time: a reload (main loop) and a learned model's switch
+        # (the Teach panel's thread) must not stop and start pipelines over each other.
+        self._switch_lock = threading.Lock()
+        self._reloader = threading.Thread()  # the running background reload, if any
+        self._prepared = None  # its result, for the main loop to apply
+        self._serving = False  # the main loop runs: a stop no longer interrupts start-up
 
     @property
     def health_state(self) -> HealthState:
@@ -236,7 +243,10 @@ class Service:
 
     def _install_signals(self) -> None:
         def on_stop(signum, frame):
+            first = not self._stop.is_set()
             self.request_stop()
+            if first and not self._serving:  # still starting (a slow fetch): stop now
+                raise Interrupted(signum)
 
         def on_hup(signum, frame):
             self.request_reload()
@@ -249,6 +259,9 @@ class Service:
         """Load the model, bind the web server, connect outputs, start the pipeline.
         A user error raises EdgeAppError (one line) with nothing left running."""
         config = self.config
+        from edge_app.service.preflight import check_outputs
+
+        check_outputs(config)  # before the camera and the port: fail fast, in one line
         try:
             pipeline, overlays = self.build_pipeline(config)
             self.pipeline = pipeline  # so a failure below still releases its source
@@ -276,6 +289,7 @@ class Service:
             self.shutdown()
 
     def serve(self) -> int:
+        self._serving = True
         interval = self.notifier.watchdog_interval
         watchdog = interval is not None and self.config.service.watchdog
         if watchdog:
@@ -287,9 +301,13 @@ class Service:
             self._wake.clear()
             if self._stop.is_set():
                 break
-            if self._reload.is_set():
+            if self._reload.is_set() and not self._reloader.is_alive():
                 self._reload.clear()
-                self.reload()
+                self._reload_in_background()
+            with self._reload_lock:
+                prepared, self._prepared = self._prepared, None
+            if prepared is not None:
+                self._apply_reload(prepared)
             stats = self.pipeline.snapshot()
             state = self._health(stats)
             self._sample(stats)
@@ -362,25 +380,57 @@ class Service:
     # -- reload ----------------------------------------------------------------------------
     def reload(self) -> bool:
         """Re-read the config; rebuild only what changed. A bad config changes nothing."""
+        return self._apply_reload(self._prepare_reload())
+
+    def _prepare_reload(self):
+        """The slow part of a reload (a model fetch, a model load, a source opening), which
+        ``serve`` runs off the main loop so the watchdog keeps being pinged meanwhile:
+        (new config or the ConfigError, (pipeline, overlays) or None or the error)."""
         self.notifier.reloading()
         try:
             new = load_config(self.config_path)
         except ConfigError as exc:
+            return exc, None
+        old = self.config
+        if (new.source, new.model, new.pipeline) == (old.source, old.model, old.pipeline):
+            return new, None
+        try:
+            return new, self.build_pipeline(new)
+        except EdgeAppError as exc:
+            return new, exc
+
+    def _reload_in_background(self) -> None:
+        def work():
+            prepared = self._prepare_reload()
+            with self._reload_lock:
+                if not self._shut_down:
+                    self._prepared = prepared
+                    prepared = None
+            if prepared is not None and isinstance(prepared[1], tuple):
+                prepared[1][0].stop(timeout=0.5)  # stopped meanwhile: release its source
+            self._wake.set()
+
+        self._reloader = threading.Thread(target=work, name="edge-app-reload", daemon=True)
+        self._reloader.start()
+
+    def _apply_reload(self, prepared) -> bool:
+        new, built = prepared
+        if isinstance(new, ConfigError):
             self.reload_failures += 1
-            log.error("reload: %s; keeping the running configuration", exc.message)
+            log.error("reload: %s; keeping the running configuration", new.message)
             self.notifier.ready(self.status_text(self.pipeline.snapshot()))
             return False
         old = self.config
         applied = old
         changed = []
-        if (new.source, new.model, new.pipeline) != (old.source, old.model, old.pipeline):
-            try:
-                pipeline, overlays = self.build_pipeline(new)
-            except EdgeAppError as exc:
-                log.error("reload: %s; keeping the running pipeline", exc.message)
+        if built is not None:
+            if isinstance(built, EdgeAppError):
+                log.error("reload: %s; keeping the running pipeline", built.message)
             else:
-                self.pipeline.stop()
-                self._start_pipeline(pipeline, overlays)
+                pipeline, overlays = built
+                with self._switch_lock:
+                    self.pipeline.stop()
+                    self._start_pipeline(pipeline, overlays)
                 applied = replace(
                     applied, source=new.source, model=new.model, pipeline=new.pipeline
                 )
@@ -436,9 +486,10 @@ class Service:
         rebuilding it as a reload does; a model that does not load changes nothing."""
         config = replace(self.config, model=replace(self.config.model, model=str(path), labels=""))
         pipeline, overlays = self.build_pipeline(config)  # EdgeAppError: keep the old one
-        self.pipeline.stop()
-        self._start_pipeline(pipeline, overlays)
-        self.config = config
+        with self._switch_lock:
+            self.pipeline.stop()
+            self._start_pipeline(pipeline, overlays)
+            self.config = config
         log.info("switched to the model %s", path)
 
     def _reload_web(self, old: ServiceConfig, new: ServiceConfig) -> bool:
@@ -465,9 +516,13 @@ class Service:
     # -- stopping --------------------------------------------------------------------------
     def shutdown(self) -> None:
         """Release the camera, flush outputs, close the web server: well within 3 s."""
-        if self._shut_down:
-            return
-        self._shut_down = True
+        with self._reload_lock:
+            if self._shut_down:
+                return
+            self._shut_down = True
+            prepared, self._prepared = self._prepared, None
+        if prepared is not None and isinstance(prepared[1], tuple):
+            prepared[1][0].stop(timeout=0.5)  # a reload built but never applied
         self.notifier.stopping()
         began = self._stop_requested_at or time.monotonic()
         if self.pipeline is not None:

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import errno
 import hmac
+import io
+import ipaddress
 import json
 import logging
 import re
@@ -57,6 +59,10 @@ STATIC = {
 BOUNDARY = "edgeappframe"
 WRITE_TIMEOUT_S = 10.0  # a client that takes no data this long is dropped
 STATS_EVERY_S = 1.0
+REQUEST_HEAD_S = 10.0  # the whole request head must arrive within this (slow trickles)
+SHORT_REQUEST_THREADS = 16  # handler threads beyond web.max_clients, for short requests
+SLOT_WAIT_S = 5.0  # how long a request waits for a free handler thread
+_TOKEN_IN_LOG = re.compile(r"(?i)(token=)[^&\s\"]*")
 
 
 def load_static() -> dict[str, bytes]:
@@ -69,7 +75,34 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    request_queue_size = 128  # listen backlog: a burst of clients waits, is not refused
     app: WebServer
+
+    def process_request(self, request, client_address):
+        """A thread per request, up to a cap. At the cap a burst waits here (and in the
+        backlog) for a thread to finish; a 503 only after SLOT_WAIT_S or when closing."""
+        waited = 0.0
+        while not self.app.handler_slots.acquire(timeout=0.1):
+            waited += 0.1
+            if waited >= SLOT_WAIT_S or self.app.closing.is_set():
+                _refuse_busy(request)
+                self.shutdown_request(request)
+                return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.app.handler_slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.app.handler_slots.release()
+
+    def handle_error(self, request, client_address):
+        """A client that misbehaves is a debug line, never a traceback in the journal."""
+        log.debug("request from %s failed", client_address[0], exc_info=True)
 
 
 class _Server6(_Server):
@@ -86,6 +119,7 @@ class WebServer:
         self.static = load_static()
         self.closing = threading.Event()
         self.streams = 0  # open MJPEG and event-stream clients
+        self.handler_slots = threading.BoundedSemaphore(config.max_clients + SHORT_REQUEST_THREADS)
         self._streams_lock = threading.Lock()
         self.requests = 0
         host = config.host
@@ -125,9 +159,12 @@ class WebServer:
 
     def close(self) -> None:
         self.closing.set()
-        self.httpd.shutdown()
+        # shutdown() waits for serve_forever() to end: one never started would hang it.
+        if self._thread.ident is not None:
+            self.httpd.shutdown()
         self.httpd.server_close()
-        self._thread.join(1.0)
+        if self._thread.ident is not None:
+            self._thread.join(1.0)
 
     def open_stream(self) -> bool:
         with self._streams_lock:
@@ -150,8 +187,15 @@ class Handler(BaseHTTPRequestHandler):
     def app(self) -> WebServer:
         return self.server.app
 
+    def setup(self) -> None:
+        super().setup()
+        # Reads of the request head share one deadline, however slowly bytes trickle in.
+        self.rfile.close()  # the socket's own file (the socket stays open)
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, REQUEST_HEAD_S))
+
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base's name
-        log.debug("%s %s", self.address_string(), format % args)
+        message = _TOKEN_IN_LOG.sub(r"\1***", format % args)  # never log the token
+        log.debug("%s %s", self.address_string(), message)
 
     # -- plumbing ------------------------------------------------------------------------
     def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None):
@@ -193,7 +237,10 @@ class Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         route = POST_ROUTES.get(parts.path)
         try:
-            if not self.headers.get("X-Edge-App"):
+            if not self._host_allowed():
+                body = b"403 forbidden: this Host name is not allowed (see web.allowed_hosts)\n"
+                self._send(HTTPStatus.FORBIDDEN, body, "text/plain; charset=utf-8")
+            elif not self.headers.get("X-Edge-App"):
                 body = b"403 forbidden: actions need the X-Edge-App header\n"
                 self._send(HTTPStatus.FORBIDDEN, body, "text/plain; charset=utf-8")
             elif not self._authorized(parse_qs(parts.query)):
@@ -207,12 +254,29 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             pass  # the client left
 
+    def _host_allowed(self) -> bool:
+        """Without a token: only Host names that mean this machine's loopback (DNS
+        rebinding gives a hostile page a Host of its own)."""
+        config = self.app.config
+        if config.token:
+            return True  # the token guards every data route
+        host = self.headers.get("Host")
+        if host is None:
+            return True  # HTTP/1.0 clients; browsers always send one
+        return host_is_allowed(host, config.host, config.allowed_hosts)
+
     def do_GET(self) -> None:
         self.app.requests += 1
+        self.rfile.raw.deadline = None  # the head is in; the response has its own timeout
+        self.connection.settimeout(WRITE_TIMEOUT_S)
         parts = urlsplit(self.path)
         query = parse_qs(parts.query)
         path = parts.path
         try:
+            if not self._host_allowed():
+                body = b"403 forbidden: this Host name is not allowed (see web.allowed_hosts)\n"
+                self._send(HTTPStatus.FORBIDDEN, body, "text/plain; charset=utf-8")
+                return
             # The page's own files hold no data (and a browser fetches them without the
             # token); everything that shows the camera or its results needs it.
             public = path == "/healthz" or path in STATIC
@@ -485,6 +549,59 @@ MEDIA_TYPES = {
     ".webm": "video/webm",
     ".avi": "video/x-msvideo",
 }
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reads under one overall deadline (None: the socket's own timeout)."""
+
+    def __init__(self, sock: socket.socket, seconds: float):
+        self.sock = sock
+        self.deadline: float | None = time.monotonic() + seconds
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request head not complete in time")
+            self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
+def _refuse_busy(sock: socket.socket) -> None:
+    try:
+        sock.setblocking(False)
+        sock.send(
+            b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 1\r\n"
+            b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    except OSError:
+        pass
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header, without the port and brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+def host_is_allowed(host: str, configured: str, allowed: str) -> bool:
+    name = _host_name(host)
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        if ipaddress.ip_address(name).is_loopback:
+            return True
+    except ValueError:
+        pass
+    extra = {_host_name(h) for h in allowed.split(",") if h.strip()}
+    return name == _host_name(configured) or name in extra
 
 
 def _event(name: str, obj) -> bytes:
