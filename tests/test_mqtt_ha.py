@@ -357,3 +357,57 @@ def test_three_devices_one_killed_goes_offline_and_watch_lists_all(
         for service in services:
             service.stop()
         broker.stop()
+
+
+def test_recorded_events_reach_their_topic_binary_sensor_and_snapshot(
+    tmp_path, demo_video, int8_model
+):
+    """The event recorder's episodes on MQTT: a binary sensor per `[[event]]` announced at
+    start-up, `new` then `end` on the events topic (frigate's before/after), the sensor on
+    while the episode lasts and its best snapshot on the watch's snapshot topic."""
+    port = free_port()
+    broker = Broker(tmp_path, port)
+    broker.start()
+    subscriber = Subscriber(port, [f"{HA}/#", f"{PREFIX}/#"])
+    folder = tmp_path / "cam-e"
+    folder.mkdir()
+    sections = {
+        "mqtt": {"enabled": True, "host": "127.0.0.1", "port": port, "prefix": PREFIX,
+                 "device_id": "cam-e", "qos": 1, "interval": 1.0, "keepalive": 5},
+        "event": [{"name": "parrots", "pattern": "macaw", "min_score": 0.3,
+                   "consensus": 2, "end_after_s": 1.0}],
+        "events": {"pre_roll_s": 0.5, "post_roll_s": 0.5},
+    }  # fmt: skip
+    config = demo_config(demo_video, int8_model, folder / "state", free_port(), **sections)
+    service = ServiceProcess(config, folder)
+    try:
+        sensor_config = f"{HA}/binary_sensor/cam-e/label_parrots/config"
+        subscriber.wait_until(
+            lambda: sensor_config in subscriber.latest(), 60, "the event's binary sensor config"
+        )
+        assert json_of(subscriber.latest()[sensor_config])["state_topic"] == (
+            f"{PREFIX}/cam-e/label/parrots"
+        )
+        new = json_of(
+            subscriber.wait_for(f"{PREFIX}/cam-e/events", lambda p: json_of(p)["type"] == "new", 90)
+        )
+        assert new["type"] == "new" and new["after"]["label"].startswith("macaw")
+        assert new["after"]["end"] is None
+        event_id = new["after"]["id"]
+        subscriber.wait_for(f"{PREFIX}/cam-e/label/parrots", lambda p: p == b"ON", 20)
+        jpeg = subscriber.wait_for(f"{PREFIX}/cam-e/label/parrots/snapshot", timeout=20)
+        assert jpeg.startswith(b"\xff\xd8") and jpeg.endswith(b"\xff\xd9")
+        end = json_of(
+            subscriber.wait_for(
+                f"{PREFIX}/cam-e/events",
+                lambda p: json_of(p)["type"] == "end" and json_of(p)["after"]["id"] == event_id,
+                60,
+            )
+        )
+        assert end["before"]["id"] == end["after"]["id"] == event_id
+        assert end["after"]["end"] is not None
+        subscriber.wait_for(f"{PREFIX}/cam-e/label/parrots", lambda p: p == b"OFF", 20)
+    finally:
+        service.stop()
+        subscriber.close()
+        broker.stop()

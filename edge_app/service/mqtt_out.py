@@ -389,7 +389,9 @@ class MqttPublisher:
             self.topics.events, json.dumps(payload, separators=(",", ":")), retain=False
         ):
             self.events_published += 1
-        label = event.get("label")
+        # The watch is the event's name (a `[[event]]` entry, declared at start-up), else
+        # the label it saw.
+        label = event.get("name") or event.get("label")
         if not isinstance(label, str) or not label:
             return
         watch, new = self.watches.add_label(label)

@@ -57,7 +57,9 @@ class Service:
         )
         self.series = Series()  # the last minutes of rates and scores, for the page's chart
         self.recorder = None  # events with snapshots and clips (edge_app.service.recorder)
-        self.event_listeners: list = []  # callback(kind, event); kept across reloads
+        # callback(kind, event); kept across reloads. MQTT's is the first: it publishes
+        # each event on <base>/events and drives the watch's binary sensor.
+        self.event_listeners: list = [self._event_to_mqtt]
         self.pipeline = None
         self.web = None
         self.mqtt = None
@@ -165,6 +167,8 @@ class Service:
             status=self._mqtt_status,
             control=ServiceControl(self),
             triggers=trigger_watches(config),
+            # One binary sensor per watched event (`[[event]]`), on while it lasts.
+            labels=[config.event_name(i) for i in range(len(config.event))],
         )
 
     def build_eventlog(self, config: ServiceConfig):
@@ -213,6 +217,21 @@ class Service:
         for callback in self.event_listeners:
             recorder.add_listener(callback)
         return recorder
+
+    def _event_to_mqtt(self, kind: str, event: dict) -> None:
+        """The recorder's events to MQTT (the event topic, the watch's binary sensor and
+        snapshot); through the service, since a reload rebuilds the publisher."""
+        mqtt = self.mqtt
+        if mqtt is None:
+            return
+        snapshot = None
+        if event.get("snapshot"):  # "media/<id>/snapshot.jpg": the file in the store
+            path = self.media_file(str(event.get("id", "")), "snapshot.jpg")
+            try:
+                snapshot = path.read_bytes() if path is not None else None
+            except OSError:
+                snapshot = None  # pruned meanwhile: the event goes out without a picture
+        mqtt.publish_event(kind, event, snapshot)
 
     def add_event_listener(self, callback) -> None:
         """``callback(kind, event)`` for every event ("new", "update", "end"), on the
