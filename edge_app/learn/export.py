@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_app.errors import ModelError
+from edge_app.inference import tflite_meta, tflite_model
 from edge_app.learn import surgery
 from edge_app.learn.head import BaseHead, LinearHead
 
@@ -66,7 +67,7 @@ class LearnState:
 
     @classmethod
     def from_model(cls, model_bytes: bytes, where: str) -> LearnState:
-        files = surgery.appended_zip(model_bytes)
+        files = tflite_model.read_files(model_bytes)
         if STATE_FILE not in files:
             raise ModelError(
                 f"{where} was not made by `edge-app learn` (no {STATE_FILE} inside): "
@@ -126,18 +127,49 @@ def build_model(
             float(max(logits.max(), 0.0)) * LOGIT_HEADROOM,
         )
     surgery.replace_head(body, weights, bias, logit_range)
-    metadata = surgery.classifier_metadata(
+    metadata = tflite_meta.ModelMetadata(
         name="ImageClassifier",
         description="Custom classes learned on the device by edge-app learn: "
         + ", ".join(class_names),
         version="edge-app-learn-1",
-        labels_file=LABELS_FILE,
-        mean=mean,
-        std=std,
-        extra_files={STATE_FILE: "edge-app learn state (training embeddings) for relearning."},
+        min_parser_version="1.0.0",
+        inputs=[
+            tflite_meta.TensorMetadata(
+                name="image",
+                description="Input image to be classified.",
+                normalization=tflite_meta.Normalization(mean=list(mean), std=list(std)),
+                color_space="RGB",
+                value_min=[0.0],
+                value_max=[255.0],
+            )
+        ],
+        outputs=[
+            tflite_meta.TensorMetadata(
+                name="probability",
+                description="Probabilities of the labels respectively.",
+                value_min=[0.0],
+                value_max=[1.0],
+            )
+        ],
+        associated_files=[
+            tflite_meta.AssociatedFile(
+                name=LABELS_FILE,
+                type="TENSOR_AXIS_LABELS",
+                description="Labels for the learned classes.",
+                attached_to="output:probability",
+            ),
+            tflite_meta.AssociatedFile(
+                name=STATE_FILE,
+                type="UNKNOWN",
+                description="edge-app learn state (training embeddings) for relearning.",
+            ),
+        ],
+    )
+    tflite_model.set_metadata_buffer(
+        body, tflite_meta.METADATA_BUFFER_NAME, tflite_meta.build_metadata(metadata)
     )
     files = {
         LABELS_FILE: ("\n".join(labels) + "\n").encode("utf-8"),
         STATE_FILE: state.to_bytes(),
     }
-    return surgery.with_metadata(body, metadata, files)
+    return tflite_model.append_files(tflite_model.pack(body), files)

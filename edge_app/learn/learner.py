@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_app.errors import ConfigError, ModelError
+from edge_app.inference.model import read_model_file
 from edge_app.learn import head as heads
 from edge_app.learn.export import LearnState, build_model
 from edge_app.learn.surgery import find_head, head_parameters, read_model
@@ -193,13 +194,13 @@ def _learn(
     old: LearnState | None = None
     if from_model is not None:
         body_path = Path(from_model)
-        body_bytes = _read_model(body_path)
+        body_bytes = read_model_file(body_path)
         old = LearnState.from_model(body_bytes, str(body_path))
         keep_imagenet = old.keep_imagenet
         unknown = old.unknown if unknown is None else unknown
     else:
         body_path = resolve_model_path(model)
-        body_bytes = _read_model(body_path)
+        body_bytes = read_model_file(body_path)
     unknown = bool(unknown)
     body = read_model(body_bytes)
     find_head(body)  # a clear refusal before any photo is decoded
@@ -364,17 +365,6 @@ def _learn(
         seconds=time.perf_counter() - start,
         empty_classes=empty,
     )
-
-
-def _read_model(path: Path) -> bytes:
-    if not path.exists():
-        raise ModelError(f"model file not found: {path}")
-    if path.is_dir():
-        raise ModelError(f"model path is a folder, not a .tflite file: {path}")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"cannot read model {path}: {exc.strerror or exc}") from exc
 
 
 def _model_labels(path: Path, model_bytes: bytes, outputs: int) -> list[str]:

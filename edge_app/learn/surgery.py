@@ -8,93 +8,25 @@ Two edits, both on the TFLite schema's object API (``ai_edge_litert.schema_py_ge
 * ``replace_head``: new head weights (quantised like the base model's) and a new class
   count; the reshape constants and tensor shapes between head and softmax follow.
 
-The read / pack / metadata helpers are one function each so that a shared TFLite module
-can replace them without touching the surgery.
+Reading, packing, metadata and the appended files go through the one model-file module,
+``edge_app.inference.tflite_model`` (and ``tflite_meta`` for the metadata).
 """
 
 from __future__ import annotations
 
-import io
-import zipfile
 from dataclasses import dataclass
 
-import flatbuffers
 import numpy as np
 
 from edge_app.errors import ModelError
+from edge_app.inference import tflite_model
 
-MODEL_IDENTIFIER = b"TFL3"
-METADATA_IDENTIFIER = b"M001"
-METADATA_BUFFER_NAME = b"TFLITE_METADATA"
 EMBEDDING_OUTPUT_NAME = "embedding"
 
 
-def _schema():
-    try:
-        from ai_edge_litert import schema_py_generated
-    except ImportError as exc:  # pragma: no cover - the runtime is a dependency
-        raise ModelError(
-            "model surgery needs ai-edge-litert (its TFLite schema module); "
-            "install it with: pip install ai-edge-litert"
-        ) from exc
-    return schema_py_generated
-
-
-# --------------------------------------------------------------------------- read / pack
-
-
-def read_model(model_bytes: bytes):
-    """The model as a mutable ``ModelT`` object tree."""
-    schema = _schema()
-    if len(model_bytes) < 8 or model_bytes[4:8] != MODEL_IDENTIFIER:
-        raise ModelError("not a TFLite model (no TFL3 flatbuffer identifier)")
-    try:
-        return schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_bytes, 0))
-    except Exception as exc:  # noqa: BLE001 - any decoding failure is a corrupt file
-        raise ModelError(f"corrupt TFLite model: {exc}") from exc
-
-
-def pack_model(model) -> bytes:
-    """Serialise a ``ModelT`` (with the TFL3 identifier)."""
-    builder = flatbuffers.Builder(1024 * 1024)
-    builder.Finish(model.Pack(builder), file_identifier=MODEL_IDENTIFIER)
-    return bytes(builder.Output())
-
-
-def appended_zip(model_bytes: bytes) -> dict[str, bytes]:
-    """Files of the zip appended to a model (TFLite Support layout); {} when none."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(model_bytes)) as archive:
-            return {i.filename: archive.read(i) for i in archive.infolist() if not i.is_dir()}
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        return {}
-
-
-def append_zip(model_bytes: bytes, files: dict[str, bytes]) -> bytes:
-    """The model with a zip of ``files`` appended, as the TFLite Support populator does
-    (zipfile in append mode on the model file: offsets count from the file's start)."""
-    out = io.BytesIO(model_bytes)
-    out.seek(0, io.SEEK_END)
-    with zipfile.ZipFile(out, "a", compression=zipfile.ZIP_STORED) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return out.getvalue()
-
-
-def set_metadata_buffer(model, name: bytes, data: bytes) -> None:
-    """Store ``data`` in the buffer the model's metadata entry ``name`` points to."""
-    schema = _schema()
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(data, np.uint8).copy()
-    for entry in model.metadata or []:
-        if entry.name == name:
-            model.buffers[entry.buffer] = buffer
-            return
-    model.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name = name
-    entry.buffer = len(model.buffers) - 1
-    model.metadata = [*(model.metadata or []), entry]
+def read_model(model_bytes: bytes, where: str | None = None):
+    """The model as a mutable ``ModelT`` object tree (the shared reader)."""
+    return tflite_model.load(model_bytes, where)
 
 
 # --------------------------------------------------------------------------- the head
@@ -122,13 +54,7 @@ _PASS_THROUGH = ("RESHAPE", "SQUEEZE")
 
 
 def _op_name(model, op) -> str:
-    schema = _schema()
-    code = model.operatorCodes[op.opcodeIndex]
-    value = max(code.builtinCode, code.deprecatedBuiltinCode)
-    for name, number in vars(schema.BuiltinOperator).items():
-        if not name.startswith("_") and number == value:
-            return name
-    return f"op {value}"
+    return tflite_model.opcode_name(model.operatorCodes[op.opcodeIndex])
 
 
 def find_head(model) -> Head:
@@ -199,16 +125,16 @@ def with_embedding_output(model_bytes: bytes) -> bytes:
     head = find_head(model)
     graph = model.subgraphs[0]
     graph.outputs = np.array([head.output, head.pooled], dtype=np.int32)
-    schema = _schema()
+    schema = tflite_model.schema()
     for signature in model.signatureDefs or []:
         if signature.subgraphIndex == 0:
             entry = schema.TensorMapT()
             entry.name = EMBEDDING_OUTPUT_NAME.encode()
             entry.tensorIndex = head.pooled
             signature.outputs = [*(signature.outputs or []), entry]
-    files = appended_zip(model_bytes)
-    packed = pack_model(model)
-    return append_zip(packed, files) if files else packed
+    files = tflite_model.read_files(model_bytes)
+    packed = tflite_model.pack(model)
+    return tflite_model.append_files(packed, files) if files else packed
 
 
 # --------------------------------------------------------------------------- quantisation
@@ -257,7 +183,7 @@ def quantize_head(
 
 
 def _quant(scale, zero, dim: int = 0):
-    q = _schema().QuantizationParametersT()
+    q = tflite_model.schema().QuantizationParametersT()
     q.scale = np.asarray(scale, np.float32).reshape(-1)
     q.zeroPoint = np.asarray(zero, np.int64).reshape(-1)
     q.quantizedDimension = dim
@@ -265,7 +191,7 @@ def _quant(scale, zero, dim: int = 0):
 
 
 def _new_buffer(model, array: np.ndarray) -> int:
-    buffer = _schema().BufferT()
+    buffer = tflite_model.schema().BufferT()
     buffer.data = np.frombuffer(np.ascontiguousarray(array).tobytes(), np.uint8).copy()
     model.buffers.append(buffer)
     return len(model.buffers) - 1
@@ -399,120 +325,3 @@ def _resize_last_dim(model, head: Head, old: int, new: int) -> None:
 
 
 # --------------------------------------------------------------------------- metadata
-
-
-def classifier_metadata(
-    *,
-    name: str,
-    description: str,
-    version: str,
-    labels_file: str,
-    mean: list[float],
-    std: list[float],
-    extra_files: dict[str, str] | None = None,
-) -> bytes:
-    """A TFLite Support metadata flatbuffer (``M001``) for an image classifier: input
-    image (RGB, normalisation), output probability with its label file attached, and
-    model-level associated files (name -> description)."""
-    b = flatbuffers.Builder(1024)
-
-    def string(text: str) -> int:
-        return b.CreateString(text)
-
-    def vector_of_tables(items: list[int]) -> int:
-        b.StartVector(4, len(items), 4)
-        for item in reversed(items):
-            b.PrependUOffsetTRelative(item)
-        return b.EndVector()
-
-    def float_vector(values: list[float]) -> int:
-        b.StartVector(4, len(values), 4)
-        for value in reversed(values):
-            b.PrependFloat32(float(value))
-        return b.EndVector()
-
-    def associated_file(file_name: str, file_description: str, file_type: int) -> int:
-        n, d = string(file_name), string(file_description)
-        b.StartObject(5)
-        b.PrependUOffsetTRelativeSlot(0, n, 0)
-        b.PrependUOffsetTRelativeSlot(1, d, 0)
-        b.PrependInt8Slot(2, file_type, 0)
-        return b.EndObject()
-
-    def stats(lo: float, hi: float) -> int:
-        max_v, min_v = float_vector([hi]), float_vector([lo])
-        b.StartObject(3)
-        b.PrependUOffsetTRelativeSlot(0, max_v, 0)
-        b.PrependUOffsetTRelativeSlot(1, min_v, 0)
-        return b.EndObject()
-
-    # input tensor: ImageProperties(RGB) content, NormalizationOptions process unit
-    b.StartObject(2)  # ImageProperties {color_space, default_size}
-    b.PrependInt8Slot(0, 1, 0)
-    image_props = b.EndObject()
-    b.StartObject(2)  # Content {content_properties_type, content_properties, range}
-    b.PrependUint8Slot(0, 2, 0)  # ContentProperties.ImageProperties
-    b.PrependUOffsetTRelativeSlot(1, image_props, 0)
-    content = b.EndObject()
-    mean_v, std_v = float_vector(mean), float_vector(std)
-    b.StartObject(2)  # NormalizationOptions {mean, std}
-    b.PrependUOffsetTRelativeSlot(0, mean_v, 0)
-    b.PrependUOffsetTRelativeSlot(1, std_v, 0)
-    norm = b.EndObject()
-    b.StartObject(2)  # ProcessUnit {options_type, options}
-    b.PrependUint8Slot(0, 1, 0)  # ProcessUnitOptions.NormalizationOptions
-    b.PrependUOffsetTRelativeSlot(1, norm, 0)
-    unit = b.EndObject()
-    units = vector_of_tables([unit])
-    in_stats = stats(0.0, 255.0)
-    in_name, in_desc = string("image"), string("Input image to be classified.")
-    b.StartObject(7)
-    b.PrependUOffsetTRelativeSlot(0, in_name, 0)
-    b.PrependUOffsetTRelativeSlot(1, in_desc, 0)
-    b.PrependUOffsetTRelativeSlot(3, content, 0)
-    b.PrependUOffsetTRelativeSlot(4, units, 0)
-    b.PrependUOffsetTRelativeSlot(5, in_stats, 0)
-    input_meta = b.EndObject()
-
-    label_file = associated_file(labels_file, "Labels for the learned classes.", 2)
-    out_files = vector_of_tables([label_file])
-    out_stats = stats(0.0, 1.0)
-    out_name = string("probability")
-    out_desc = string("Probabilities of the labels respectively.")
-    b.StartObject(7)
-    b.PrependUOffsetTRelativeSlot(0, out_name, 0)
-    b.PrependUOffsetTRelativeSlot(1, out_desc, 0)
-    b.PrependUOffsetTRelativeSlot(5, out_stats, 0)
-    b.PrependUOffsetTRelativeSlot(6, out_files, 0)
-    output_meta = b.EndObject()
-
-    inputs, outputs = vector_of_tables([input_meta]), vector_of_tables([output_meta])
-    b.StartObject(5)  # SubGraphMetadata
-    b.PrependUOffsetTRelativeSlot(2, inputs, 0)
-    b.PrependUOffsetTRelativeSlot(3, outputs, 0)
-    subgraph = b.EndObject()
-    subgraphs = vector_of_tables([subgraph])
-    model_files = [
-        associated_file(file_name, text, 0) for file_name, text in (extra_files or {}).items()
-    ]
-    model_files_v = vector_of_tables(model_files) if model_files else None
-    name_s, desc_s, version_s = string(name), string(description), string(version)
-    parser = string("1.0.0")
-    b.StartObject(8)  # ModelMetadata
-    b.PrependUOffsetTRelativeSlot(0, name_s, 0)
-    b.PrependUOffsetTRelativeSlot(1, desc_s, 0)
-    b.PrependUOffsetTRelativeSlot(2, version_s, 0)
-    b.PrependUOffsetTRelativeSlot(3, subgraphs, 0)
-    if model_files_v is not None:
-        b.PrependUOffsetTRelativeSlot(6, model_files_v, 0)
-    b.PrependUOffsetTRelativeSlot(7, parser, 0)
-    root = b.EndObject()
-    b.Finish(root, file_identifier=METADATA_IDENTIFIER)
-    return bytes(b.Output())
-
-
-def with_metadata(model, metadata: bytes, files: dict[str, bytes]) -> bytes:
-    """The ``ModelT``'s bytes with ``metadata`` in its TFLITE_METADATA buffer and
-    ``files`` in a zip appended."""
-    set_metadata_buffer(model, METADATA_BUFFER_NAME, metadata)
-    return append_zip(pack_model(model), files)
