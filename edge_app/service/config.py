@@ -335,6 +335,26 @@ def _is_loopback(host: str) -> bool:
         return False  # a host name or "": may resolve beyond loopback
 
 
+def _check_watches(section: str, entries, name_of) -> None:
+    """``[[trigger]]`` and ``[[event]]`` entries: a pattern that compiles, names unique
+    and safe in an MQTT topic."""
+    names = set()
+    for i, entry in enumerate(entries):
+        where = f"{section}[{i + 1}]"
+        if not entry.pattern:
+            raise ConfigError(f"{where}.pattern is required (a regular expression)")
+        try:
+            re.compile(entry.pattern)
+        except re.error as exc:
+            raise ConfigError(f"{where}.pattern {entry.pattern!r}: {exc}") from None
+        name = name_of(i)
+        if name in names:
+            raise ConfigError(f"{where}.name {name!r} is used twice")
+        if _topic_safe(name) != name:
+            raise ConfigError(f"{where}.name {name!r}: use letters, digits, '-', '_' or '.'")
+        names.add(name)
+
+
 def _check_together(config: ServiceConfig) -> None:
     """Checks involving more than one value."""
     web = config.web
@@ -364,36 +384,11 @@ def _check_together(config: ServiceConfig) -> None:
         raise ConfigError("mqtt.tls.cert and mqtt.tls.key must be set together")
     if mqtt.password and not mqtt.username:
         raise ConfigError("mqtt.password is set without mqtt.username")
-    names = set()
-    for i, trigger in enumerate(config.trigger):
-        where = f"trigger[{i + 1}]"
-        if not trigger.pattern:
-            raise ConfigError(f"{where}.pattern is required (a regular expression)")
-        try:
-            re.compile(trigger.pattern)
-        except re.error as exc:
-            raise ConfigError(f"{where}.pattern {trigger.pattern!r}: {exc}") from None
-        name = config.trigger_name(i)
-        if name in names:
-            raise ConfigError(f"{where}.name {name!r} is used twice")
-        if _topic_safe(name) != name:
-            raise ConfigError(f"{where}.name {name!r}: use letters, digits, '-', '_' or '.'")
-        names.add(name)
-    names = set()
-    for i, event in enumerate(config.event):
-        where = f"event[{i + 1}]"
-        if not event.pattern:
-            raise ConfigError(f"{where}.pattern is required (a regular expression)")
-        try:
-            re.compile(event.pattern)
-        except re.error as exc:
-            raise ConfigError(f"{where}.pattern {event.pattern!r}: {exc}") from None
-        name = config.event_name(i)
-        if name in names:
-            raise ConfigError(f"{where}.name {name!r} is used twice")
-        if _topic_safe(name) != name:
-            raise ConfigError(f"{where}.name {name!r}: use letters, digits, '-', '_' or '.'")
-        names.add(name)
+    for section, entries, name_of in (
+        ("trigger", config.trigger, config.trigger_name),
+        ("event", config.event, config.event_name),
+    ):
+        _check_watches(section, entries, name_of)
 
 
 def _resolve_beside(config: ServiceConfig, base: Path) -> ServiceConfig:

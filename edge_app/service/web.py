@@ -375,15 +375,19 @@ class Handler(BaseHTTPRequestHandler):
                     if new_seq == seq or jpeg is None:
                         continue
                     seq = new_seq
-                    self.wfile.write(
-                        f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                        f"Content-Length: {len(jpeg)}\r\n\r\n".encode()
-                        + jpeg
-                        + b"\r\n"
-                    )
-                    self.wfile.flush()
+                    self._send_part(jpeg)
         finally:
             self.app.close_stream()
+
+    def _send_part(self, jpeg: bytes) -> None:
+        """One JPEG of a multipart/x-mixed-replace stream (the live picture, a clip)."""
+        self.wfile.write(
+            f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+            f"Content-Length: {len(jpeg)}\r\n\r\n".encode()
+            + jpeg
+            + b"\r\n"
+        )
+        self.wfile.flush()
 
     def events(self) -> None:
         if not self._begin_stream():
@@ -532,13 +536,7 @@ class Handler(BaseHTTPRequestHandler):
                     break
                 self.app.closing.wait(max(0.0, next_at - time.monotonic()))
                 next_at += interval
-                self.wfile.write(
-                    f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                    f"Content-Length: {len(jpeg)}\r\n\r\n".encode()
-                    + jpeg
-                    + b"\r\n"
-                )
-                self.wfile.flush()
+                self._send_part(jpeg)
         finally:
             self.app.close_stream()
 
