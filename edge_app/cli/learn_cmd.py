@@ -102,19 +102,20 @@ def learn(
       edge-app learn more_photos/ --from my.tflite -o my.tflite
       edge-app classify new/ --model my.tflite
     """
+    from edge_app.cli.progress import Progress
     from edge_app.learn.learner import learn as learn_folder
 
     err = click.get_text_stream("stderr")
-    if progress is None:
-        progress = err.isatty()
 
     @contextlib.contextmanager
     def bar(label: str, total: int):
-        if not progress or total <= 0:
+        # The shared bar: count, smoothed rate, an ETA once it means something; only on a
+        # terminal and without -q unless --progress says otherwise.
+        if total <= 0:
             yield lambda n=1: None
             return
-        with click.progressbar(length=total, label=f"{label:<16}", file=err) as b:
-            yield b.update
+        with Progress(total, "images", label=label, stream=err, enabled=progress) as b:
+            yield b.advance
 
     def problem(item) -> None:
         click.echo(f"edge-app: error: {item.path}: {item.message}", err=True)
