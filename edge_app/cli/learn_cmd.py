@@ -114,7 +114,8 @@ def learn(
         if total <= 0:
             yield lambda n=1: None
             return
-        with Progress(total, "images", label=label, stream=err, enabled=progress) as b:
+        unit = {"cross-validating": "folds", "training": "steps"}.get(label, "images")
+        with Progress(total, unit, label=label, stream=err, enabled=progress) as b:
             yield b.advance
 
     def problem(item) -> None:
