@@ -38,6 +38,8 @@ class OutputSink:
     """A text stream over a file descriptor that writes each ``write()`` whole or not at
     all: the writers call it once per record."""
 
+    encoding = "utf-8"  # what write() encodes to (a table draws Unicode bars for it)
+
     def __init__(self, fd: int, name: str, *, errors: str = "strict", owned: bool = True):
         self.fd = fd
         self.name = name
