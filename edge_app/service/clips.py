@@ -20,6 +20,7 @@ name; ``finish`` returns that file for the store to rename into place.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -67,8 +68,28 @@ def _works(codec: Codec) -> bool:
         return _probed[codec.name]
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """FFmpeg and OpenCV print their own lines (``[h264_v4l2m2m @ 0x..] can't configure
+    encoder``) straight to file descriptor 2 when a codec is missing; a probe that expects
+    some codecs to be missing should not fill the journal with them. The probe takes
+    milliseconds at start-up, so nothing else is lost meanwhile."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _try_codec(codec: Codec) -> bool:
-    with tempfile.TemporaryDirectory(prefix="edge-app-codec-") as folder:
+    with _native_stderr_silenced(), tempfile.TemporaryDirectory(prefix="edge-app-codec-") as folder:
         path = os.path.join(folder, f"probe.{codec.ext}")
         writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*codec.fourcc), 10.0, (64, 48))
         try:
