@@ -43,11 +43,18 @@ class Viewer(threading.Thread):
     def run(self) -> None:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn:
-                conn.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: bench\r\n\r\n")
+                conn.sendall(
+                    f"GET /stream.mjpg HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n\r\n".encode()
+                )
                 tail = b""
                 while time.monotonic() < self.deadline:
                     chunk = conn.recv(65536)
                     if not chunk:
+                        break
+                    if not self.bytes and chunk.split(b" ", 2)[1:2] != [b"200"]:
+                        # A refused viewer (Host check, client cap) must not pass for one
+                        # that costs nothing.
+                        self.error = chunk.split(b"\r\n", 1)[0].decode("latin-1")
                         break
                     self.bytes += len(chunk)
                     data = tail + chunk
@@ -100,7 +107,7 @@ def measure(
         before = _rate(service, seconds)
         idle.append(before)
         for _ in range(rounds):
-            jpeg_start = service.feed.encoded
+            jpeg_start = service.clean_feed.encoded  # the page's stream: no overlay
             started = time.monotonic()
             group = [Viewer(port, started + seconds + 1.0) for _ in range(viewers)]
             for viewer in group:
@@ -117,7 +124,7 @@ def measure(
             frames.append(statistics.mean(v.frames for v in group) / elapsed)
             megabits.append(sum(v.bytes for v in group) * 8 / elapsed / 1e6)
             errors += [v.error for v in group if v.error]
-            jpeg_fps = (service.feed.encoded - jpeg_start) / elapsed
+            jpeg_fps = (service.clean_feed.encoded - jpeg_start) / elapsed
             before = after
     finally:
         service.request_stop()
