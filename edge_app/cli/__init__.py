@@ -100,15 +100,27 @@ def _usage_line(exc: click.UsageError) -> str:
     return f"edge-app: error: {' '.join(exc.format_message().split())}{hint}"
 
 
-def _raise_interrupted(signum, frame):
-    raise Interrupted(signum)
+def interrupt_handler():
+    """A handler raising Interrupted in this process only: a child forked before it set
+    its own handlers (a pool's worker) dies of the signal quietly instead of printing a
+    traceback."""
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Interrupted(signum)
+
+    return handler
 
 
 def main() -> None:
     """Every failure is one line on stderr and an exit code (click's usage errors too)."""
     # SIGTERM ends any command like Ctrl-C, with one line and exit 143 (serve and run
     # install their own handlers once they are running).
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGTERM, interrupt_handler())
     try:
         code = _run()
     except SystemExit as exc:

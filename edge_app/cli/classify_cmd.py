@@ -79,9 +79,11 @@ def signals_raise():
     """SIGINT and SIGTERM raise Interrupted (exit 130 / 143) in the main thread, where the
     run stops at a whole record; the previous handlers come back afterwards."""
 
-    def on_signal(signum, frame):
-        raise Interrupted(signum)
+    from edge_app.cli import interrupt_handler
 
+    # A worker forked just before its initializer resets this handler (the pool ends
+    # workers with SIGTERM) dies of the signal quietly: the handler knows its process.
+    on_signal = interrupt_handler()
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal closed
     previous = {sig: signal.signal(sig, on_signal) for sig in handled}
     try:
