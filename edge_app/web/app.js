@@ -214,16 +214,22 @@ function addSample(sample) {
   drawChart();
 }
 
-function drawChart() {
-  const canvas = $("chart");
+// A canvas sized to its box at the screen's pixel ratio (sharp on a phone), cleared;
+// drawing then uses CSS pixels.
+function clearCanvas(canvas, fallbackHeight) {
   const width = canvas.clientWidth || 600;
-  const height = canvas.clientHeight || 180;
+  const height = canvas.clientHeight || fallbackHeight;
   const ratio = window.devicePixelRatio || 1;
   canvas.width = Math.round(width * ratio);
   canvas.height = Math.round(height * ratio);
   const ctx = canvas.getContext("2d");
   ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
   ctx.clearRect(0, 0, width, height);
+  return { ctx, width, height };
+}
+
+function drawChart() {
+  const { ctx, width, height } = clearCanvas($("chart"), 180);
   const left = 34, right = 34, topPad = 8, bottom = 20;
   const plotW = width - left - right, plotH = height - topPad - bottom;
   const now = Date.now() / 1000;
@@ -343,15 +349,7 @@ function eventCard(event) {
 }
 
 function drawTimeline() {
-  const canvas = $("timeline");
-  const width = canvas.clientWidth || 600;
-  const height = canvas.clientHeight || 36;
-  const ratio = window.devicePixelRatio || 1;
-  canvas.width = Math.round(width * ratio);
-  canvas.height = Math.round(height * ratio);
-  const ctx = canvas.getContext("2d");
-  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-  ctx.clearRect(0, 0, width, height);
+  const { ctx, width, height } = clearCanvas($("timeline"), 36);
   ctx.fillStyle = "#232a33";
   ctx.fillRect(0, 8, width, height - 22);
   if (!events.length) return;
